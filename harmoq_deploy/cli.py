@@ -1,0 +1,163 @@
+"""``harmoq-build``: the command line. Thin: parse, call the pipeline stages, print."""
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HarmoqError
+
+_out = Console()
+_err = Console(stderr=True)
+
+DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
+
+
+def _bits_options(f):
+    f = click.option("--abits", type=int, help="Activation bits (default: --bits).")(f)
+    f = click.option("--wbits", type=int, help="Weight bits (default: --bits).")(f)
+    f = click.option("--bits", type=int, help="Weight and activation bits, 2..8.")(f)
+    return f
+
+
+def _calib_options(f):
+    f = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the crop sampler.")(f)
+    f = click.option("--patch", type=int, default=DEFAULT_PATCH, show_default=True, help="LR crop side in pixels.")(f)
+    f = click.option("--crops", type=int, default=DEFAULT_CROPS, show_default=True, help="Number of calibration crops.")(f)
+    f = click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration images (HR).")(f)
+    f = click.option("--layers", help="Op kinds to quantize, comma-separated: linear,matmul,conv "
+                                      "(default: the architecture family's).")(f)
+    return f
+
+
+def _quant_config(bits, wbits, abits, layers):
+    from .quant import QuantConfig
+
+    wbits, abits = wbits or bits, abits or bits
+    if wbits is None or abits is None:
+        raise HarmoqError("give --bits, or both --wbits and --abits")
+    kinds = tuple(k.strip() for k in layers.split(",") if k.strip()) if layers else None
+    return QuantConfig(wbits=wbits, abits=abits, layers=kinds)
+
+
+def _calibrated_model(source, method_name, config, calib, crops, patch, seed):
+    from .calibrate import calibrate, make_method
+    from .data import sample_calibration_crops
+
+    method = make_method(method_name)
+    if calib is None:
+        raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
+    data = sample_calibration_crops(calib, crops, patch, source.scale, seed)
+    return calibrate(source, config, method, data, seed=seed), method
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="harmoq-deploy")
+def cli():
+    """Low-bit post-training quantization and deployment of super-resolution networks."""
+
+
+@cli.command("eval")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
+@click.option("--method", default=None, help="fp, or a calibration method (minmax, percentile, dobi).")
+@click.option("--artifact", type=click.Path(path_type=Path), help="Evaluate a saved calibration artifact.")
+@_bits_options
+@_calib_options
+@click.option("--datasets", default="Set5,Set14", show_default=True, help="Comma-separated benchmark names.")
+@click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
+def eval_command(model_path, method, artifact, bits, wbits, abits, layers, calib, crops, patch, seed,
+                 datasets, data_root, json_path):
+    """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
+    from .calibrate import apply_artifact, load_artifact
+    from .eval import evaluate
+    from .models import load_model
+
+    if (method is None) == (artifact is None):
+        raise HarmoqError("give exactly one of --method (fp or a calibration method) and --artifact")
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise HarmoqError("--datasets names no dataset")
+    source = load_model(model_path)
+    if artifact is not None:
+        model = apply_artifact(load_artifact(artifact), source)
+    elif method == "fp":
+        model = source.module
+    else:
+        config = _quant_config(bits, wbits, abits, layers)
+        model, _ = _calibrated_model(source, method, config, calib, crops, patch, seed)
+    scores = evaluate(model, source.scale, names, data_root)
+    table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
+    for name, score in scores.items():
+        table.add_row(name, f"{score.psnr:.3f}", f"{score.ssim:.4f}", str(score.n))
+    _out.print(table)
+    if json_path is not None:
+        _write_text_atomic(json_path, json.dumps({n: s.to_dict() for n, s in scores.items()}, indent=2) + "\n")
+
+
+@cli.command("calibrate")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
+@click.option("--method", required=True, help="minmax, percentile or dobi.")
+@_bits_options
+@_calib_options
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
+def calibrate_command(model_path, method, bits, wbits, abits, layers, calib, crops, patch, seed, output):
+    """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors)."""
+    from .calibrate import method_record, save_artifact
+    from .data import describe_calibration
+    from .models import load_model
+
+    config = _quant_config(bits, wbits, abits, layers)
+    source = load_model(model_path)
+    model, method_obj = _calibrated_model(source, method, config, calib, crops, patch, seed)
+    calibration = describe_calibration(calib, crops, patch, source.scale, seed)
+    save_artifact(output, model, source, config, method_record(method_obj), calibration, seed)
+    _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale})")
+
+
+@cli.command("coverage")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
+@_bits_options
+@click.option("--layers", help="Op kinds to quantize, comma-separated: linear,matmul,conv.")
+@click.option("--size", default=64, show_default=True, help="Side of the square LR input the FLOPs are counted at.")
+def coverage_command(model_path, bits, wbits, abits, layers, size):
+    """List every op the quantizer covers and its share of the model's FLOPs."""
+    from .models import load_model
+    from .quant import coverage_report, quantize_model
+
+    source = load_model(model_path)
+    config = _quant_config(bits or 4, wbits, abits, layers)
+    report = coverage_report(quantize_model(source.module, config, source.layout), (size, size))
+    _out.print(report.to_markdown())
+    for kind, (count, share) in report.by_kind().items():
+        _out.print(f"{kind}: {count} ops, {share:.1%} of FLOPs")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from .io import write_atomic
+
+    write_atomic(path, text.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="harmoq-build", standalone_mode=False)
+    except HarmoqError as exc:
+        _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        _err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _err.print("error: interrupted", markup=False)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Load a pretrained SR checkpoint into a torch module, with its scale and architecture.
+
+One loader for every architecture: spandrel's registry, extended with the architectures this
+project defines itself (IMDN, PAN), the way spandrel's own extra-architecture packages do.
+"""
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import HarmoqError
+from ._spandrel import import_spandrel
+from .layout import SPANDREL_LAYOUTS, ArchLayout
+
+__all__ = ["ArchLayout", "LoadedModel", "arch_layout", "file_sha256", "load_model"]
+
+_GENERIC_LAYOUT = ArchLayout(family="transformer")
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    scale: int
+    architecture: str
+    path: Path
+    sha256: str
+    #: smallest input side the network accepts without error (window size for Swin-style models)
+    size_multiple: int = 1
+
+    @property
+    def layout(self) -> ArchLayout:
+        return arch_layout(self.architecture)
+
+
+@cache
+def _registry():
+    spandrel = import_spandrel()
+    from .imdn import IMDNArch
+    from .pan import PANArch
+
+    registry = spandrel.MAIN_REGISTRY.copy()
+    registry.add(
+        spandrel.ArchSupport.from_architecture(IMDNArch()),
+        spandrel.ArchSupport.from_architecture(PANArch()),
+    )
+    return registry
+
+
+def arch_layout(architecture: str) -> ArchLayout:
+    from .imdn import LAYOUT as IMDN_LAYOUT
+    from .pan import LAYOUT as PAN_LAYOUT
+
+    layouts = {**SPANDREL_LAYOUTS, "IMDN": IMDN_LAYOUT, "PAN": PAN_LAYOUT}
+    return layouts.get(architecture, _GENERIC_LAYOUT)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load ``path`` on the CPU in eval mode; raise HarmoqError naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarmoqError(f"{path}: no such checkpoint file")
+    spandrel = import_spandrel()
+    loader = spandrel.ModelLoader(device="cpu", registry=_registry())
+    try:
+        state_dict = loader.load_state_dict_from_file(path)
+    except Exception as exc:  # torch/pickle/zip raise many types for corrupt files
+        raise HarmoqError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise HarmoqError(f"{path}: the file holds no state dict")
+    try:
+        descriptor = loader.load_from_state_dict(state_dict)
+    except spandrel.UnsupportedModelError:
+        raise HarmoqError(f"{path}: unsupported architecture (no known SR network matches its keys)") from None
+    except Exception as exc:
+        raise HarmoqError(f"{path}: the weights do not fit the detected architecture ({_first_line(exc)})") from None
+    if descriptor.purpose not in ("SR", "Restoration") or not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise HarmoqError(f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model, not super-resolution")
+    module = descriptor.model.eval()
+    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise HarmoqError(f"{path}: non-finite values in {len(bad)} tensor(s), first {bad[0]}")
+    requirements = descriptor.size_requirements
+    return LoadedModel(
+        module=module,
+        scale=descriptor.scale,
+        architecture=descriptor.architecture.id,
+        path=path.resolve(),
+        sha256=file_sha256(path),
+        size_multiple=math.lcm(requirements.multiple_of, 1),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

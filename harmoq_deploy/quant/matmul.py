@@ -1,0 +1,103 @@
+"""Quantize both inputs of the activation x activation matmuls inside attention modules.
+
+SR transformers write attention as ``q @ k.transpose(-2, -1)`` and ``attn @ v`` inline in the
+attention module's ``forward``. Rather than copying every architecture's attention code, a
+``TorchFunctionMode`` is active only while such a module runs and hands the i-th matmul's
+operands to the i-th pair of quantizers. The number of matmuls is found once, by probing.
+"""
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .quantizer import UniformQuantizer
+
+_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+
+
+class MatmulQuantizers(nn.Module):
+    """The quantizers of one attention module: ``pairs[i]`` = (left, right) operand of matmul i."""
+
+    def __init__(self, pairs: list[tuple[UniformQuantizer, UniformQuantizer]]):
+        super().__init__()
+        self.pairs = nn.ModuleList(nn.ModuleList(pair) for pair in pairs)
+        #: MACs of each matmul in the last forward (for the coverage report)
+        self.last_macs: list[int] = [0] * len(pairs)
+
+
+def _is_activation_matmul(func, args) -> bool:
+    return (func in _MATMULS and len(args) >= 2
+            and all(isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) for a in args[:2]))
+
+
+class _QuantizeMatmulOperands(TorchFunctionMode):
+    def __init__(self, quantizers: MatmulQuantizers):
+        super().__init__()
+        self.quantizers = quantizers
+        self.index = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _is_activation_matmul(func, args):
+            return func(*args, **kwargs)
+        if self.index >= len(self.quantizers.pairs):
+            raise RuntimeError("attention module ran more matmuls than were probed")
+        left_q, right_q = self.quantizers.pairs[self.index]
+        left, right = left_q(args[0]), right_q(args[1])
+        out = func(left, right, *args[2:], **kwargs)
+        self.quantizers.last_macs[self.index] = out.numel() * left.shape[-1]
+        self.index += 1
+        return out
+
+
+class _CountMatmuls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += _is_activation_matmul(func, args)
+        return func(*args, **(kwargs or {}))
+
+
+def _enter_mode(module: nn.Module, _inputs) -> None:
+    mode = _QuantizeMatmulOperands(module.harmoq_matmuls)
+    module._harmoq_modes.append(mode)
+    mode.__enter__()
+
+
+def _exit_mode(module: nn.Module, _inputs, _output) -> None:
+    module._harmoq_modes.pop().__exit__(None, None, None)
+
+
+def attach_matmul_quantizers(module: nn.Module, quantizers: MatmulQuantizers) -> None:
+    """Make ``module`` quantize the operands of its matmuls with ``quantizers``."""
+    module.harmoq_matmuls = quantizers
+    module._harmoq_modes = []
+    module.register_forward_pre_hook(_enter_mode)
+    module.register_forward_hook(_exit_mode, always_call=True)
+
+
+def count_matmuls(model: nn.Module, modules: list[nn.Module], example: torch.Tensor) -> list[int]:
+    """Run ``model`` once; return the most activation x activation matmuls one call of each module made."""
+    most = {id(m): 0 for m in modules}
+    active: list[_CountMatmuls] = []
+
+    def enter(_module, _inputs):
+        active.append(_CountMatmuls())
+        active[-1].__enter__()
+
+    def leave(module, _inputs, _output):
+        counter = active.pop()
+        counter.__exit__(None, None, None)
+        most[id(module)] = max(most[id(module)], counter.count)
+
+    handles = [h for m in modules for h in (m.register_forward_pre_hook(enter),
+                                             m.register_forward_hook(leave, always_call=True))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return [most[id(m)] for m in modules]

@@ -1,0 +1,32 @@
+"""Shared pytest fixtures."""
+
+import pytest
+
+from harmoq_deploy.paths import shared_root
+
+
+@pytest.fixture
+def shared():
+    """The shared data folder (``../shared`` or ``$HARMOQ_SHARED``); skips the test if absent."""
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data folder {root} not found (set HARMOQ_SHARED)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def swinir_light_checkpoint(tmp_path_factory):
+    """SwinIR-light x2 (2DQuant's model) with random weights: no official weights are reachable here."""
+    import torch
+
+    from harmoq_deploy.models._spandrel import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(0)
+    net = SwinIR(upscale=2, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6], embed_dim=60,
+                 num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    path = tmp_path_factory.mktemp("swinir") / "swinir_light_x2_random.pth"
+    torch.save(net.state_dict(), path)
+    return path

@@ -1,0 +1,118 @@
+"""harmoq-build end to end on small data, and bad input: one line, non-zero exit, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harmoq_deploy.cli import main
+
+
+@pytest.fixture
+def tiny_benchmarks(shared, tmp_path):
+    """A 'Set5'-shaped benchmark of two small crops of real Set5 images (LR generated in code)."""
+    root = tmp_path / "bench"
+    hr = root / "Tiny" / "HR"
+    hr.mkdir(parents=True)
+    for name in ("baby", "butterfly"):
+        img = np.asarray(Image.open(shared / "data" / "benchmarks" / "Set5" / "HR" / f"{name}.png").convert("RGB"))
+        Image.fromarray(img[64:112, 64:120]).save(hr / f"{name}.png")
+    return root
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_fp_writes_the_documented_json(shared, tiny_benchmarks, tmp_path, capsys):
+    out_json = tmp_path / "scores.json"
+    code, out, err = run(["eval", "--model", shared / "weights" / "PANx2_DF2K.pth", "--method", "fp",
+                          "--datasets", "Tiny", "--data-root", tiny_benchmarks, "--json", out_json], capsys)
+    assert code == 0, err
+    scores = json.loads(out_json.read_text())
+    assert set(scores) == {"Tiny"} and set(scores["Tiny"]) == {"psnr", "ssim", "n"}
+    assert scores["Tiny"]["n"] == 2 and 25 < scores["Tiny"]["psnr"] < 60
+    assert "Tiny" in out and f"{scores['Tiny']['psnr']:.3f}" in out
+
+
+def test_calibrate_then_eval_artifact_equals_eval_with_method(shared, tiny_benchmarks, tmp_path, capsys):
+    model = shared / "weights" / "PANx2_DF2K.pth"
+    calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
+    common = ["--calib", calib, "--crops", 4, "--patch", 24, "--seed", 1]
+    code, _, err = run(["calibrate", "--model", model, "--method", "minmax", "--bits", 4, *common,
+                        "-o", tmp_path / "art"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "art" / "manifest.json").is_file() and (tmp_path / "art" / "tensors.safetensors").is_file()
+    via_artifact, via_method = tmp_path / "a.json", tmp_path / "m.json"
+    args = ["--datasets", "Tiny", "--data-root", tiny_benchmarks]
+    assert run(["eval", "--model", model, "--artifact", tmp_path / "art", *args, "--json", via_artifact], capsys)[0] == 0
+    assert run(["eval", "--model", model, "--method", "minmax", "--bits", 4, *common, *args,
+                "--json", via_method], capsys)[0] == 0
+    assert json.loads(via_artifact.read_text()) == json.loads(via_method.read_text())
+
+
+def _bad(argv, capsys, match):
+    code, out, err = run(argv, capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(shared, tiny_benchmarks, tmp_path, capsys):
+    pan = shared / "weights" / "PANx2_DF2K.pth"
+    calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(pan.read_bytes()[:1000])
+    data = ["--datasets", "Tiny", "--data-root", tiny_benchmarks]
+    _bad(["eval", "--model", corrupt, "--method", "fp", *data], capsys, "corrupt.pth")
+    _bad(["eval", "--model", tmp_path / "none.pth", "--method", "fp", *data], capsys, "no such checkpoint")
+    _bad(["eval", "--model", pan, "--method", "fp", "--datasets", "Nope", "--data-root", tiny_benchmarks],
+         capsys, "Nope")
+    _bad(["eval", "--model", pan, "--method", "magic", "--bits", 4, "--calib", calib, *data],
+         capsys, "unknown calibration method")
+    _bad(["eval", "--model", pan, "--method", "minmax", "--bits", 1, "--calib", calib, *data], capsys, "2 to 8")
+    _bad(["eval", "--model", pan, "--method", "minmax", "--bits", 9, "--calib", calib, *data], capsys, "2 to 8")
+    _bad(["eval", "--model", pan, "--method", "fp", "--artifact", tmp_path, *data], capsys, "exactly one")
+    _bad(["eval", "--model", pan, *data], capsys, "exactly one")
+    _bad(["eval", "--model", pan, "--method", "fp", "--datasets", "Tiny"], capsys, "--data-root")
+    _bad(["calibrate", "--model", pan, "--method", "dobi", "--bits", 3, "--calib", tmp_path / "nocalib",
+          "-o", tmp_path / "out"], capsys, "nocalib")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_datasets(shared, tmp_path, capsys):
+    pan = shared / "weights" / "PANx2_DF2K.pth"
+    (tmp_path / "Empty" / "HR").mkdir(parents=True)
+    (tmp_path / "Junk" / "HR").mkdir(parents=True)
+    (tmp_path / "Junk" / "HR" / "a.png").write_text("not a png")
+    (tmp_path / "Small" / "HR").mkdir(parents=True)
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "Small" / "HR" / "s.png")
+    for name, match in (("Empty", "no images"), ("Junk", "a.png"), ("Small", "too small")):
+        _bad(["eval", "--model", pan, "--method", "fp", "--datasets", name, "--data-root", tmp_path], capsys, match)
+
+
+def test_unwritable_artifact_output_leaves_nothing(shared, tmp_path, capsys):
+    pan = shared / "weights" / "PANx2_DF2K.pth"
+    calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
+    _bad(["calibrate", "--model", pan, "--method", "minmax", "--bits", 4, "--calib", calib, "--crops", 2,
+          "--patch", 16, "-o", tmp_path / "missing_parent" / "art"], capsys, "does not exist")
+    assert not (tmp_path / "missing_parent").exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    bad = tmp_path / "x.pth"
+    bad.write_bytes(b"junk")
+    result = subprocess.run([sys.executable, "-m", "harmoq_deploy.cli", "eval", "--model", str(bad), "--method",
+                             "fp", "--data-root", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    help_text = subprocess.run([sys.executable, "-m", "harmoq_deploy.cli", "calibrate", "--help"],
+                               capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--method" in help_text.stdout
