@@ -101,6 +101,8 @@ class IMDN(nn.Module):
             distilled_channels = nf // 4  # official distillation rate 0.25
         if cca_channels is None:
             cca_channels = distilled_channels * 4 // 16  # official CCA reduction 16
+        # record the resolved values (store_hyperparameters saw the None defaults)
+        self.hyperparameters.update(distilled_channels=distilled_channels, cca_channels=cca_channels)
         self.scale = upscale
         self.num_modules = num_modules
 
