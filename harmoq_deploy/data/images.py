@@ -1,7 +1,6 @@
 """Reading and writing 8-bit RGB images, and converting them to and from model tensors."""
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import HarmoqError
+from ..io import write_atomic
 
 #: Suffixes treated as images when a folder is scanned (compared case-insensitively).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -75,15 +75,9 @@ def write_png(path: Path, rgb8: np.ndarray) -> None:
         raise ValueError(f"write_png expects an HxWx3 uint8 array, got {rgb8.dtype} {rgb8.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file sits in the target folder so that os.replace stays one rename.
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            Image.fromarray(rgb8).save(temp_file, format="PNG")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    encoded = io.BytesIO()
+    Image.fromarray(rgb8).save(encoded, format="PNG")
+    write_atomic(path, encoded.getvalue())
 
 
 def to_tensor(rgb8: np.ndarray) -> torch.Tensor:
