@@ -14,7 +14,7 @@ from spandrel.util import KeyCondition, get_scale_and_output_channels  # noqa: E
 
 #: The first conv and the pixel-shuffle upsampler stay in float; CCA is channel attention
 #: (sigmoid gating), not an activation x activation matmul.
-LAYOUT = ArchLayout(family="cnn", float_modules=("fea_conv", "upsampler"))
+LAYOUT = ArchLayout(family="cnn", float_modules=("fea_conv", "upsampler"), feature_taps=r"IMDB\d+")
 
 
 def _count_blocks(state_dict) -> int:

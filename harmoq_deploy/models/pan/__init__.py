@@ -31,6 +31,7 @@ from spandrel.util import KeyCondition, get_seq_len  # noqa: E402
 LAYOUT = ArchLayout(
     family="cnn",
     float_modules=("conv_first", "upconv1", "att1", "HRconv1", "upconv2", "att2", "HRconv2", "conv_last"),
+    feature_taps=r"SCPA_trunk\.\d+",
 )
 
 _PROBE_SIZE = 96  # HR side of the probe image: divisible by 2 and 3

@@ -1,0 +1,84 @@
+"""Bound refinement by distillation: it lowers the loss, freezes weights, and resumes exactly."""
+
+import pytest
+import torch
+
+from harmoq_deploy.calibrate import calibrate, make_method
+from harmoq_deploy.calibrate.refine import (
+    RefineSettings,
+    _FeatureRecorder,
+    distillation_loss,
+    feature_modules,
+    refine_bounds,
+)
+from harmoq_deploy.data import sample_calibration_crops
+from harmoq_deploy.errors import HarmoqError
+from harmoq_deploy.models import load_model
+from harmoq_deploy.quant import QuantConfig, quantizers, set_quantization_enabled
+
+
+@pytest.fixture
+def dobi_pan(shared):
+    def build():
+        source = load_model(shared / "weights" / "PANx2_DF2K.pth")
+        crops = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 6, 24, 2, seed=0)
+        model = calibrate(source, QuantConfig(wbits=3, abits=3), make_method("dobi"), crops, batch_size=3)
+        return source, model, crops
+    return build
+
+
+def held_out_loss(model, pattern, crops):
+    recorder = _FeatureRecorder(feature_modules(model, pattern))
+    with torch.no_grad():
+        set_quantization_enabled(model, False)
+        out_fp = model(crops)
+        feats_fp = dict(recorder.features)
+        set_quantization_enabled(model, True)
+        out_q = model(crops)
+        loss = distillation_loss(out_q, out_fp, recorder.features, feats_fp, 5.0).item()
+    recorder.close()
+    return loss
+
+
+def test_feature_taps_are_the_residual_groups(dobi_pan):
+    source, model, _ = dobi_pan()
+    assert list(feature_modules(model, source.layout.feature_taps)) == [f"SCPA_trunk.{i}" for i in range(16)]
+
+
+def test_refinement_lowers_the_held_out_distillation_loss_and_freezes_weights(shared, dobi_pan):
+    source, model, crops = dobi_pan()
+    held_out = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 4, 24, 2, seed=99)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith(("lower", "upper"))}
+    before = held_out_loss(model, source.layout.feature_taps, held_out)
+    refine_bounds(model, crops, source.layout.feature_taps, RefineSettings(iters=40, batch=3), seed=0)
+    after = held_out_loss(model, source.layout.feature_taps, held_out)
+    assert after < 0.9 * before
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if n in weights)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in weights)
+
+
+def test_an_interrupted_run_resumes_to_the_same_bounds(tmp_path, dobi_pan):
+    settings = RefineSettings(iters=12, batch=2, checkpoint_every=4)
+    source, reference, crops = dobi_pan()
+    refine_bounds(reference, crops, source.layout.feature_taps, settings, seed=5)
+
+    source, model, crops = dobi_pan()
+    checkpoint = tmp_path / "refine.pt"
+
+    def interrupt(i):
+        if i == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        refine_bounds(model, crops, source.layout.feature_taps, settings, seed=5, checkpoint=checkpoint,
+                      between_steps=interrupt)
+    assert torch.load(checkpoint, weights_only=True)["done"] == 4
+    source, resumed, crops = dobi_pan()
+    losses = refine_bounds(resumed, crops, source.layout.feature_taps, settings, seed=5, checkpoint=checkpoint)
+    assert len(losses) == 8
+    expected = {n: q.bounds() for n, q in quantizers(reference).items()}
+    for name, q in quantizers(resumed).items():
+        assert all(torch.equal(a, b) for a, b in zip(q.bounds(), expected[name])), name
+
+    with pytest.raises(HarmoqError, match="different run"):
+        refine_bounds(resumed, crops, source.layout.feature_taps, RefineSettings(iters=99), checkpoint=checkpoint)
