@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import HarmoqError
+from .io import write_atomic
 
 _out = Console()
 _err = Console(stderr=True)
@@ -95,7 +96,7 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, calib
         table.add_row(name, f"{score.psnr:.3f}", f"{score.ssim:.4f}", str(score.n))
     _out.print(table)
     if json_path is not None:
-        _write_text_atomic(json_path, json.dumps({n: s.to_dict() for n, s in scores.items()}, indent=2) + "\n")
+        write_atomic(json_path, (json.dumps({n: s.to_dict() for n, s in scores.items()}, indent=2) + "\n").encode())
 
 
 @cli.command("calibrate")
@@ -134,12 +135,6 @@ def coverage_command(model_path, bits, wbits, abits, layers, size):
     _out.print(report.to_markdown())
     for kind, (count, share) in report.by_kind().items():
         _out.print(f"{kind}: {count} ops, {share:.1%} of FLOPs")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    from .io import write_atomic
-
-    write_atomic(path, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:

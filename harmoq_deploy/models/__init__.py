@@ -5,7 +5,6 @@ project defines itself (IMDN, PAN), the way spandrel's own extra-architecture pa
 """
 
 import hashlib
-import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,8 +28,6 @@ class LoadedModel:
     architecture: str
     path: Path
     sha256: str
-    #: smallest input side the network accepts without error (window size for Swin-style models)
-    size_multiple: int = 1
 
     @property
     def layout(self) -> ArchLayout:
@@ -92,14 +89,12 @@ def load_model(path: str | Path) -> LoadedModel:
     bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise HarmoqError(f"{path}: non-finite values in {len(bad)} tensor(s), first {bad[0]}")
-    requirements = descriptor.size_requirements
     return LoadedModel(
         module=module,
         scale=descriptor.scale,
         architecture=descriptor.architecture.id,
         path=path.resolve(),
         sha256=file_sha256(path),
-        size_multiple=math.lcm(requirements.multiple_of, 1),
     )
 
 
