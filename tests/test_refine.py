@@ -7,14 +7,14 @@ from harmoq_deploy.calibrate import calibrate, make_method
 from harmoq_deploy.calibrate.refine import (
     RefineSettings,
     _FeatureRecorder,
-    distillation_loss,
+    distillation_step_loss,
     feature_modules,
     refine_bounds,
 )
 from harmoq_deploy.data import sample_calibration_crops
 from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.models import load_model
-from harmoq_deploy.quant import QuantConfig, quantizers, set_quantization_enabled
+from harmoq_deploy.quant import QuantConfig, quantizers
 
 
 @pytest.fixture
@@ -30,12 +30,7 @@ def dobi_pan(shared):
 def held_out_loss(model, pattern, crops):
     recorder = _FeatureRecorder(feature_modules(model, pattern))
     with torch.no_grad():
-        set_quantization_enabled(model, False)
-        out_fp = model(crops)
-        feats_fp = dict(recorder.features)
-        set_quantization_enabled(model, True)
-        out_q = model(crops)
-        loss = distillation_loss(out_q, out_fp, recorder.features, feats_fp, 5.0).item()
+        loss = distillation_step_loss(model, crops, recorder, 5.0).item()
     recorder.close()
     return loss
 

@@ -66,6 +66,18 @@ def distillation_loss(out_q, out_fp, feats_q: dict, feats_fp: dict, feature_weig
     return loss
 
 
+def distillation_step_loss(model: nn.Module, batch: torch.Tensor, recorder: _FeatureRecorder,
+                           feature_weight: float) -> torch.Tensor:
+    """The distillation loss of ``model`` on ``batch``: its bypassed self is the teacher."""
+    with torch.no_grad():
+        set_quantization_enabled(model, False)
+        out_fp = model(batch)
+        feats_fp = dict(recorder.features)
+        set_quantization_enabled(model, True)
+    out_q = model(batch)
+    return distillation_loss(out_q, out_fp, recorder.features, feats_fp, feature_weight)
+
+
 def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
 
@@ -97,13 +109,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     try:
         for i in progress_bar(range(start, settings.iters), "refining bounds", total=settings.iters - start):
             batch = crops[torch.randint(len(crops), (settings.batch,), generator=generator)].to(device)
-            with torch.no_grad():
-                set_quantization_enabled(model, False)
-                out_fp = model(batch)
-                feats_fp = dict(recorder.features)
-                set_quantization_enabled(model, True)
-            out_q = model(batch)
-            loss = distillation_loss(out_q, out_fp, recorder.features, feats_fp, settings.feature_weight)
+            loss = distillation_step_loss(model, batch, recorder, settings.feature_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
