@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import HarmoqError
+from ..errors import HarmoqError, first_line
 from ..models import LoadedModel
 from ..quant import QuantConfig, quantize_model, quantizers
 
@@ -97,7 +97,7 @@ def load_artifact(path: str | Path) -> Artifact:
         manifest = json.loads((path / MANIFEST).read_text())
         tensors = load_file(str(path / TENSORS))
     except Exception as exc:
-        raise HarmoqError(f"{path}: unreadable calibration artifact ({str(exc).splitlines()[0][:200]})") from None
+        raise HarmoqError(f"{path}: unreadable calibration artifact ({first_line(exc)})") from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise HarmoqError(f"{path}: unsupported artifact format "
                           f"{manifest.get('format')!r} v{manifest.get('format_version')!r}")

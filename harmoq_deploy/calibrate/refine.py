@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import HarmoqError
+from ..errors import HarmoqError, first_line
 from ..io import write_atomic
 from ..progress import progress_bar
 from ..quant import quantizers, set_quantization_enabled
@@ -139,7 +139,7 @@ def _restore(path: Path, params, optimizer, schedule, generator, settings) -> in
     try:
         state = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise HarmoqError(f"{path}: unreadable refinement checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise HarmoqError(f"{path}: unreadable refinement checkpoint ({first_line(exc)})") from None
     if state["settings"] != vars(settings) or len(state["bounds"]) != len(params):
         raise HarmoqError(f"{path}: checkpoint of a different run (settings or model differ); delete it to start over")
     with torch.no_grad():

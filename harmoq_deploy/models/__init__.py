@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import HarmoqError
+from ..errors import HarmoqError, first_line
 from ._spandrel import import_spandrel
 from .layout import SPANDREL_LAYOUTS, ArchLayout
 
@@ -74,7 +74,7 @@ def load_model(path: str | Path) -> LoadedModel:
     try:
         state_dict = loader.load_state_dict_from_file(path)
     except Exception as exc:  # torch/pickle/zip raise many types for corrupt files
-        raise HarmoqError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise HarmoqError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
     if not isinstance(state_dict, dict) or not state_dict:
         raise HarmoqError(f"{path}: the file holds no state dict")
     try:
@@ -82,7 +82,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except spandrel.UnsupportedModelError:
         raise HarmoqError(f"{path}: unsupported architecture (no known SR network matches its keys)") from None
     except Exception as exc:
-        raise HarmoqError(f"{path}: the weights do not fit the detected architecture ({_first_line(exc)})") from None
+        raise HarmoqError(f"{path}: the weights do not fit the detected architecture ({first_line(exc)})") from None
     if descriptor.purpose not in ("SR", "Restoration") or not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise HarmoqError(f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model, not super-resolution")
     module = descriptor.model.eval()
@@ -96,8 +96,3 @@ def load_model(path: str | Path) -> LoadedModel:
         path=path.resolve(),
         sha256=file_sha256(path),
     )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
