@@ -3,6 +3,7 @@ import torch
 
 from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.quant import UniformQuantizer, check_bits
+from harmoq_deploy.quant.quantizer import fake_quantize
 
 
 def calibrated(bits, lower, upper, **kwargs):
@@ -118,3 +119,27 @@ def test_bounds_are_stored_exactly_and_checked():
         q.set_bounds(1.0, 0.0)
     with pytest.raises(ValueError):
         q.set_bounds(0.0, float("nan"))
+
+
+def _autograd_reference(x, lower, upper, levels):
+    step = (upper - lower).clamp_min(1e-8) / levels
+    scaled = (torch.clamp(x, lower, upper) - lower) / step
+    return (scaled + (torch.round(scaled) - scaled).detach()) * step + lower
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fused_fake_quantize_matches_autograd_through_the_formula(per_channel):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 2
+    shape = (1, 3, 1, 1) if per_channel else ()
+    lower = (-1 - torch.rand(shape, generator=g))
+    upper = (1 + torch.rand(shape, generator=g))
+    grad_out = torch.randn(x.shape, generator=g)
+    results = []
+    for fn in (fake_quantize, _autograd_reference):
+        xs, ls, us = (t.clone().requires_grad_(True) for t in (x, lower, upper))
+        out = fn(xs, ls, us, 7)
+        out.backward(grad_out)
+        results.append((out.detach(), xs.grad, ls.grad, us.grad))
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)

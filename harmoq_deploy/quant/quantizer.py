@@ -24,14 +24,50 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
+class _FakeQuantize(torch.autograd.Function):
+    """Quantize-dequantize with the straight-through gradients written out.
+
+    The same gradients as autograd through ``round_ste((clamp(x, l, u) - l) / s) * s + l`` with
+    ``s = (u - l) / n`` and straight-through rounding, but it keeps one saved tensor instead of
+    six and runs far fewer kernels: bound refinement on a CPU spends much of its time here. Inside the range,
+    ``d/du = (r - t) / n = -d/dl`` (``t`` the scaled value, ``r`` its rounding) and ``d/dx = 1``;
+    below it ``d/dl = 1``; above it ``d/du = 1``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lower, upper, levels):
+        step = (upper - lower).clamp_min(1e-8) / levels
+        scaled = (torch.maximum(torch.minimum(x, upper), lower) - lower) / step
+        ctx.save_for_backward(x, lower, upper)
+        ctx.levels = levels
+        return torch.round(scaled).mul_(step).add_(lower)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, lower, upper = ctx.saved_tensors
+        step = (upper - lower).clamp_min(1e-8) / ctx.levels
+        below, above = x < lower, x > upper
+        inside = ~(below | above)
+        scaled = (x - lower) / step
+        offset = (torch.round(scaled) - scaled).masked_fill_(~inside, 0) / ctx.levels
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_lower = grad_upper = None
+        if ctx.needs_input_grad[1]:
+            grad_lower = _sum_to(grad * (below.to(grad.dtype) - offset), lower)
+        if ctx.needs_input_grad[2]:
+            grad_upper = _sum_to(grad * (above.to(grad.dtype) + offset), upper)
+        return grad_x, grad_lower, grad_upper, None
+
+
+def _sum_to(grad: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Sum a gradient over the dimensions its bound was broadcast along."""
+    return grad.sum_to_size(bound.shape) if bound.dim() else grad.sum()
 
 
 def fake_quantize(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, levels: int) -> torch.Tensor:
     """Quantize-dequantize ``x`` onto ``levels + 1`` evenly spaced values from ``lower`` to ``upper``."""
-    step = (upper - lower).clamp_min(1e-8) / levels
-    return round_ste((torch.clamp(x, lower, upper) - lower) / step) * step + lower
+    lower, upper = torch.as_tensor(lower).to(x), torch.as_tensor(upper).to(x)
+    return _FakeQuantize.apply(x, lower, upper, levels)
 
 
 class UniformQuantizer(nn.Module):
