@@ -15,6 +15,9 @@ _out = Console()
 _err = Console(stderr=True)
 
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
+# Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
+DEFAULT_ITERS, DEFAULT_BATCH = 160, 4
+METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
 
 def _bits_options(f):
@@ -31,28 +34,50 @@ def _calib_options(f):
     f = click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration images (HR).")(f)
     f = click.option("--layers", help="Op kinds to quantize, comma-separated: linear,matmul,conv "
                                       "(default: the architecture family's).")(f)
+    f = click.option("--target", type=click.Choice(["any", "tensorrt"]), default="any", show_default=True,
+                     help="tensorrt: only grids TensorRT executes exactly (symmetric weights, activation "
+                          "offsets only where they fold into a bias).")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(f)
+    f = click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True,
+                     help="2dquant/harmoq: crops per refinement step.")(f)
+    f = click.option("--iters", type=int, default=DEFAULT_ITERS, show_default=True,
+                     help="2dquant/harmoq: bound-refinement iterations (more = better, slower).")(f)
     return f
 
 
-def _quant_config(bits, wbits, abits, layers):
+def _quant_config(bits, wbits, abits, layers, target="any"):
     from .quant import QuantConfig
 
     wbits, abits = wbits or bits, abits or bits
     if wbits is None or abits is None:
         raise HarmoqError("give --bits, or both --wbits and --abits")
     kinds = tuple(k.strip() for k in layers.split(",") if k.strip()) if layers else None
-    return QuantConfig(wbits=wbits, abits=abits, layers=kinds)
+    return QuantConfig(wbits=wbits, abits=abits, layers=kinds, target=target)
 
 
-def _calibrated_model(source, method_name, config, calib, crops, patch, seed):
-    from .calibrate import calibrate, make_method
+def _check_device(device: str) -> str:
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise HarmoqError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarmoqError("--device cuda: torch sees no CUDA GPU on this machine")
+    return device
+
+
+def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, device, checkpoint=None):
+    from .calibrate import OPTIMIZING_METHODS, calibrate, make_method
     from .data import sample_calibration_crops
 
-    method = make_method(method_name)
+    if iters < 0 or batch < 1:
+        raise HarmoqError("--iters must be >= 0 and --batch >= 1")
+    settings = {"iters": iters, "batch": batch} if method_name in OPTIMIZING_METHODS else {}
+    method = make_method(method_name, **settings)
     if calib is None:
         raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
+    device = _check_device(device)
     data = sample_calibration_crops(calib, crops, patch, source.scale, seed)
-    return calibrate(source, config, method, data, seed=seed), method
+    return calibrate(source, config, method, data, seed=seed, checkpoint=checkpoint, device=device), method
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,15 +88,15 @@ def cli():
 
 @cli.command("eval")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
-@click.option("--method", default=None, help="fp, or a calibration method (minmax, percentile, dobi).")
+@click.option("--method", default=None, help="fp, or a calibration method: " + METHOD_HELP)
 @click.option("--artifact", type=click.Path(path_type=Path), help="Evaluate a saved calibration artifact.")
 @_bits_options
 @_calib_options
 @click.option("--datasets", default="Set5,Set14", show_default=True, help="Comma-separated benchmark names.")
 @click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
-def eval_command(model_path, method, artifact, bits, wbits, abits, layers, calib, crops, patch, seed,
-                 datasets, data_root, json_path):
+def eval_command(model_path, method, artifact, bits, wbits, abits, layers, target, device, batch, iters, calib,
+                 crops, patch, seed, datasets, data_root, json_path):
     """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
     from .calibrate import apply_artifact, load_artifact
     from .eval import evaluate
@@ -88,8 +113,8 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, calib
     elif method == "fp":
         model = source.module
     else:
-        config = _quant_config(bits, wbits, abits, layers)
-        model, _ = _calibrated_model(source, method, config, calib, crops, patch, seed)
+        config = _quant_config(bits, wbits, abits, layers, target)
+        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, device)[0].model
     scores = evaluate(model, source.scale, names, data_root)
     table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
     for name, score in scores.items():
@@ -101,22 +126,44 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, calib
 
 @cli.command("calibrate")
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
-@click.option("--method", required=True, help="minmax, percentile or dobi.")
+@click.option("--method", required=True, help=METHOD_HELP)
 @_bits_options
 @_calib_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-def calibrate_command(model_path, method, bits, wbits, abits, layers, calib, crops, patch, seed, output):
-    """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors)."""
+def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, calib, crops,
+                      patch, seed, output):
+    """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors).
+
+    2dquant and harmoq checkpoint their refinement next to the output; interrupted (Ctrl-C),
+    the same command resumes from the last checkpoint.
+    """
+    import time
+
     from .calibrate import method_record, save_artifact
     from .data import describe_calibration
     from .models import load_model
 
-    config = _quant_config(bits, wbits, abits, layers)
+    config = _quant_config(bits, wbits, abits, layers, target)
     source = load_model(model_path)
-    model, method_obj = _calibrated_model(source, method, config, calib, crops, patch, seed)
+    checkpoint = output.parent / f".{output.name}.checkpoint.pt"
+    start = time.perf_counter()
+    try:
+        calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, device,
+                                             checkpoint)
+    except KeyboardInterrupt:
+        if checkpoint.is_file():
+            _err.print(f"interrupted; run the same command again to resume from {checkpoint}", markup=False)
+        raise
     calibration = describe_calibration(calib, crops, patch, source.scale, seed)
-    save_artifact(output, model, source, config, method_record(method_obj), calibration, seed)
-    _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale})")
+    save_artifact(output, calibrated.model, source, config, method_record(method_obj, calibrated), calibration, seed,
+                  corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
+    checkpoint.unlink(missing_ok=True)
+    for step in calibrated.steps:
+        verdict = "kept" if step.applied else "rejected (raised the distillation loss)"
+        losses = " -> ".join("-" if v is None else f"{v:.5f}" for v in (step.loss_before, step.loss_after))
+        _out.print(f"{step.name}: {verdict}, loss {losses}, {step.seconds:.0f}s", markup=False)
+    _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale}, "
+               f"{time.perf_counter() - start:.0f}s)")
 
 
 @cli.command("coverage")

@@ -69,7 +69,7 @@ def calibrated_pan(shared):
     source = load_model(shared / "weights" / "PANx2_DF2K.pth")
     crops = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 4, 24, source.scale, seed=3)
     config = QuantConfig(wbits=3, abits=3)
-    model = calibrate(source, config, make_method("dobi"), crops, seed=3, batch_size=2)
+    model = calibrate(source, config, make_method("dobi"), crops, seed=3, batch_size=2).model
     return source, config, model
 
 

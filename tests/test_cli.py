@@ -116,3 +116,28 @@ def test_console_script_prints_no_traceback(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "harmoq_deploy.cli", "calibrate", "--help"],
                                capture_output=True, text=True)
     assert help_text.returncode == 0 and "--method" in help_text.stdout
+
+
+def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared, tmp_path, capsys):
+    pan = shared / "weights" / "PANx2_DF2K.pth"
+    calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
+    out = tmp_path / "harmoq_art"
+    code, stdout, err = run(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
+                             "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--target", "tensorrt",
+                             "-o", out], capsys)
+    assert code == 0, err
+    assert "abr: kept" in stdout and f"wrote {out}" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["settings"]["iters"] == 4 and manifest["quant_config"]["target"] == "tensorrt"
+    assert manifest["corrected_weights"] or not any(s["applied"] for s in manifest["method"]["steps"][:2])
+    assert not (tmp_path / ".harmoq_art.checkpoint.pt").exists(), "the checkpoint is removed once the artifact is written"
+
+
+def test_bad_refinement_settings(shared, tmp_path, capsys):
+    pan = shared / "weights" / "PANx2_DF2K.pth"
+    calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
+    base = ["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib, "-o", tmp_path / "o"]
+    _bad([*base, "--iters", -1], capsys, "--iters")
+    _bad([*base, "--device", "tpu"], capsys, "--device")
+    _bad([*base, "--bits", 1], capsys, "2 to 8")
+    assert not (tmp_path / "o").exists()

@@ -22,7 +22,7 @@ def dobi_pan(shared):
     def build():
         source = load_model(shared / "weights" / "PANx2_DF2K.pth")
         crops = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 6, 24, 2, seed=0)
-        model = calibrate(source, QuantConfig(wbits=3, abits=3), make_method("dobi"), crops, batch_size=3)
+        model = calibrate(source, QuantConfig(wbits=3, abits=3), make_method("dobi"), crops, batch_size=3).model
         return source, model, crops
     return build
 

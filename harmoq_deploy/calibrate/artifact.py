@@ -41,7 +41,7 @@ class Artifact:
 def _quantizer_entries(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     entries, tensors = {}, {}
     for name, q in quantizers(model).items():
-        lower, upper = (b.detach().float().contiguous() for b in q.bounds())
+        lower, upper = (b.detach().float().cpu().contiguous() for b in q.bounds())
         entry = {"bits": q.bits, "symmetric": q.symmetric,
                  "granularity": f"per-channel(axis={q.channel_axis})" if q.per_channel else "per-tensor"}
         if q.per_channel:
@@ -55,12 +55,20 @@ def _quantizer_entries(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]
 
 def save_artifact(out_dir: str | Path, model: nn.Module, source: LoadedModel, config: QuantConfig,
                   method: dict, calibration: dict, seed: int,
-                  corrected_weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the artifact of a calibrated ``model`` atomically to ``out_dir`` (replacing it)."""
+                  corrected_weights: dict[str, torch.Tensor] | None = None,
+                  scales: dict[str, dict] | None = None) -> Path:
+    """Write the artifact of a calibrated ``model`` atomically to ``out_dir`` (replacing it).
+
+    ``corrected_weights`` (parameter name -> value) are the float parameters the method changed,
+    HSO folds included; ``scales`` (producer -> {"scale": tensor, ...}) are the HSO factors
+    already folded into them, kept so the exporter and a reader can see what was moved where.
+    """
     out_dir = Path(out_dir)
     entries, tensors = _quantizer_entries(model)
     for name, weight in (corrected_weights or {}).items():
-        tensors[f"weight:{name}"] = weight.detach().float().contiguous()
+        tensors[f"weight:{name}"] = weight.detach().float().cpu().contiguous()
+    for producer, entry in (scales or {}).items():
+        tensors[f"hso:{producer}"] = entry["scale"].detach().float().cpu().contiguous()
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "source": {"path": str(source.path), "sha256": source.sha256,

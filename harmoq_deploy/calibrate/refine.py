@@ -8,8 +8,9 @@ same network with its quantizers bypassed, so no second copy of the weights is h
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
 normalisation of each sample's flattened features. Adam on the bounds only, cosine decay.
 
-The loop checkpoints its full state (bounds, optimiser, schedule, random generator) atomically
-every ``checkpoint_every`` iterations; started again with the same checkpoint path it resumes
+The loop checkpoints its full state (the model's state dict, so bounds and anything a
+``between_steps`` hook changed, the ``carry`` tensors, optimiser, schedule, random generator)
+atomically every ``checkpoint_every`` iterations; started again with the same checkpoint path it resumes
 and ends exactly where an uninterrupted run would.
 """
 
@@ -84,11 +85,16 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
                   seed: int = 0, checkpoint: Path | None = None,
-                  between_steps: Callable[[int], None] | None = None) -> list[float]:
+                  between_steps: Callable[[int], None] | None = None,
+                  carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None) -> list[float]:
     """Refine every quantizer bound of ``model`` in place; return the loss of each iteration run.
 
-    ``between_steps(i)`` runs after optimiser step ``i`` (HarmoQ re-solves its scales there).
+    ``between_steps(i)`` runs after optimiser step ``i`` (HarmoQ re-solves its scales there);
+    ``carry`` holds tensors it updates in place that a resumed run needs back. A checkpoint is
+    only resumed by a run with the same ``fingerprint`` (default: the settings).
     """
+    fingerprint = fingerprint if fingerprint is not None else vars(settings)
+    carry = carry or {}
     if settings.iters < 0 or settings.batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
     params = _bound_parameters(model)
@@ -102,7 +108,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     generator = torch.Generator().manual_seed(seed)
     start = 0
     if checkpoint is not None and checkpoint.is_file():
-        start = _restore(checkpoint, params, optimizer, schedule, generator, settings)
+        start = _restore(checkpoint, model, carry, optimizer, schedule, generator, fingerprint)
     recorder = _FeatureRecorder(feature_modules(model, feature_pattern))
     device = params[0].device
     losses = []
@@ -118,7 +124,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
                 between_steps(i)
             losses.append(loss.item())
             if checkpoint is not None and ((i + 1) % settings.checkpoint_every == 0 or i + 1 == settings.iters):
-                _save(checkpoint, i + 1, params, optimizer, schedule, generator, settings)
+                _save(checkpoint, i + 1, model, carry, optimizer, schedule, generator, fingerprint)
     finally:
         recorder.close()
         set_quantization_enabled(model, True)
@@ -127,24 +133,26 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     return losses
 
 
-def _save(path: Path, done: int, params, optimizer, schedule, generator, settings) -> None:
+def _save(path: Path, done: int, model, carry, optimizer, schedule, generator, fingerprint) -> None:
     buffer = io.BytesIO()
-    torch.save({"done": done, "settings": vars(settings), "bounds": [p.detach().clone() for p in params],
+    torch.save({"done": done, "fingerprint": fingerprint, "model": model.state_dict(), "carry": carry,
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state()}, buffer)
     write_atomic(path, buffer.getvalue())
 
 
-def _restore(path: Path, params, optimizer, schedule, generator, settings) -> int:
+def _restore(path: Path, model, carry, optimizer, schedule, generator, fingerprint) -> int:
     try:
         state = torch.load(path, weights_only=True)
     except Exception as exc:
         raise HarmoqError(f"{path}: unreadable refinement checkpoint ({first_line(exc)})") from None
-    if state["settings"] != vars(settings) or len(state["bounds"]) != len(params):
+    if state.get("fingerprint") != fingerprint or set(state.get("carry", {})) != set(carry) \
+            or set(state.get("model", {})) != set(model.state_dict()):
         raise HarmoqError(f"{path}: checkpoint of a different run (settings or model differ); delete it to start over")
+    model.load_state_dict(state["model"])
     with torch.no_grad():
-        for p, saved in zip(params, state["bounds"]):
-            p.copy_(saved)
+        for name, tensor in carry.items():
+            tensor.copy_(state["carry"][name])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     generator.set_state(state["generator"])

@@ -28,8 +28,16 @@ def _weight_quantizer(layer: nn.Module, config: QuantConfig) -> UniformQuantizer
     return UniformQuantizer(config.wbits, symmetric=config.weight_symmetric)
 
 
-def _act_quantizer(config: QuantConfig) -> UniformQuantizer:
-    return UniformQuantizer(config.abits, symmetric=config.act_symmetric)
+def _act_quantizer(config: QuantConfig, offset_foldable: bool = False) -> UniformQuantizer:
+    return UniformQuantizer(config.abits, symmetric=config.act_symmetric_for(offset_foldable))
+
+
+def _offset_folds(layer: nn.Module) -> bool:
+    """An input offset c folds into the bias as W c exactly for a Linear or a pointwise conv
+    (no padding, so no border positions see zeros instead of c)."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return layer.kernel_size == (1, 1) and layer.padding in ((0, 0), "valid") and layer.groups == 1
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:
@@ -56,9 +64,11 @@ def quantize_model(model: nn.Module, config: QuantConfig, layout: ArchLayout | N
         if type(module).__name__ in layout.attention_modules and "matmul" in kinds:
             attention.append(module)
         elif type(module) is nn.Linear and "linear" in kinds:
-            replacements[name] = QuantLinear.wrap(module, _weight_quantizer(module, config), _act_quantizer(config))
+            replacements[name] = QuantLinear.wrap(module, _weight_quantizer(module, config),
+                                                  _act_quantizer(config, _offset_folds(module)))
         elif type(module) is nn.Conv2d and "conv" in kinds:
-            replacements[name] = QuantConv2d.wrap(module, _weight_quantizer(module, config), _act_quantizer(config))
+            replacements[name] = QuantConv2d.wrap(module, _weight_quantizer(module, config),
+                                                  _act_quantizer(config, _offset_folds(module)))
     if attention:
         example = example_input if example_input is not None else _probe_input(model)
         counts = count_matmuls(model, attention, example)

@@ -6,6 +6,7 @@ from ..errors import HarmoqError
 from .quantizer import check_bits
 
 LAYER_KINDS = ("linear", "matmul", "conv")
+TARGETS = ("any", "tensorrt")
 FAMILY_DEFAULT_LAYERS = {
     # 2DQuant's coverage: every Linear in the transformer blocks and both attention-matmul inputs.
     "transformer": ("linear", "matmul"),
@@ -24,6 +25,11 @@ class QuantConfig:
         and upsampler, which always stay float.
     weight_per_channel: per-output-channel weight bounds (TensorRT's weight granularity);
         activations are always per-tensor.
+    target: ``"any"`` leaves the grids free; ``"tensorrt"`` constrains them to what TensorRT
+        executes exactly: symmetric per-channel weights (zero point 0) and symmetric activations,
+        except at the input of a Linear or 1x1 stride-1 unpadded convolution, whose asymmetric
+        range the exporter shifts to symmetric and folds into the bias exactly. Matmul operands
+        and padded convolutions would need correction terms, so they get symmetric grids.
     """
 
     wbits: int = 4
@@ -33,8 +39,13 @@ class QuantConfig:
     weight_per_channel: bool = True
     weight_symmetric: bool = False
     act_symmetric: bool = False
+    target: str = "any"
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise HarmoqError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.target == "tensorrt":
+            self.weight_symmetric, self.weight_per_channel = True, True
         check_bits(self.wbits)
         check_bits(self.abits)
         if self.layers is not None:
@@ -46,6 +57,10 @@ class QuantConfig:
 
     def layers_for(self, family: str) -> tuple[str, ...]:
         return self.layers if self.layers is not None else FAMILY_DEFAULT_LAYERS[family]
+
+    def act_symmetric_for(self, offset_foldable: bool) -> bool:
+        """Whether an activation quantizer is symmetric, given whether its offset folds into a bias."""
+        return self.act_symmetric or (self.target == "tensorrt" and not offset_foldable)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,158 @@
+"""HarmoQ's steps keep their contracts; 2DQuant and HarmoQ artifacts round-trip and resume."""
+
+import pytest
+import torch
+
+from harmoq_deploy.calibrate import HarmoQ, TwoDQuant, apply_artifact, calibrate, load_artifact, method_record, \
+    save_artifact
+from harmoq_deploy.calibrate import methods as methods_module
+from harmoq_deploy.calibrate.baselines import Dobi
+from harmoq_deploy.calibrate.bounds import initialise_bounds
+from harmoq_deploy.calibrate.hso import apply_scale, closed_form_scale, find_fold_groups, record_inputs
+from harmoq_deploy.calibrate.methods import _guard_loss
+from harmoq_deploy.calibrate.observe import observe_activations
+from harmoq_deploy.calibrate.src import solve_correction, structural_objective, layer_rows
+from harmoq_deploy.data import sample_calibration_crops
+from harmoq_deploy.models import load_model
+from harmoq_deploy.quant import QuantConfig, quantize_model, set_quantization_enabled
+
+
+def _crops(shared, count, seed, patch=24, scale=2):
+    return sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", count, patch, scale, seed=seed)
+
+
+def _dobi(source, crops, config):
+    model = quantize_model(source.module, config, source.layout)
+    initialise_bounds(model, Dobi(), observe_activations(model, crops, batch_size=4))
+    return model
+
+
+def _layer_inputs(model, name, crops):
+    seen = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    with torch.no_grad():
+        model(crops)
+    handle.remove()
+    return seen[0]
+
+
+def test_src_lowers_its_objective_on_held_out_crops(shared):
+    source = load_model(shared / "weights" / "IMDN_x2.pth")
+    model = _dobi(source, _crops(shared, 8, 0), QuantConfig(wbits=3, abits=3))
+    for name in ("IMDB1.c1", "IMDB3.c3", "IMDB6.c5"):
+        layer = model.get_submodule(name)
+        train, held_out = _layer_inputs(model, name, _crops(shared, 8, 0)), _layer_inputs(model, name, _crops(shared, 8, 1))
+        with torch.no_grad():
+            q = layer.input_quantizer(train)
+            correction = solve_correction(layer.weight, layer_rows(layer, q, True), layer_rows(layer, q - train, True),
+                                          ridge=0.05)
+        assert structural_objective(layer, held_out, correction) < structural_objective(layer, held_out)
+
+
+def test_hso_folds_leave_the_float_function_unchanged(swinir_light_checkpoint):
+    source = load_model(swinir_light_checkpoint)
+    model = quantize_model(source.module, QuantConfig(wbits=3, abits=3), source.layout)
+    probe = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    set_quantization_enabled(model, False)
+    groups = find_fold_groups(model, probe[:1])
+    record_inputs(model, groups, probe)
+    # LayerNorm -> qkv and LayerNorm -> fc1 in each of the 24 blocks; nothing across a residual add
+    assert len(groups) == 48
+    assert all(g.producer.endswith(("norm1", "norm2")) for g in groups)
+    with torch.no_grad():
+        before = model(probe)
+        for group in groups:
+            apply_scale(model, group, closed_form_scale(model, group, 0.5))
+        after = model(probe)
+    assert (after - before).norm() / before.norm() < 1e-5
+    assert any((g.scale - 1).abs().max() > 0.1 for g in groups)
+
+
+def test_abr_lowers_the_distillation_loss(shared):
+    source = load_model(shared / "weights" / "PANx2_DF2K.pth")
+    crops = _crops(shared, 8, 0)
+    calibrated = calibrate(source, QuantConfig(wbits=3, abits=3), HarmoQ(iters=20, batch=4, src=False, hso=False),
+                           crops)
+    (abr,) = calibrated.steps
+    assert abr.name == "abr" and abr.detail["iterations_run"] == 20
+    dobi = _dobi(load_model(shared / "weights" / "PANx2_DF2K.pth"), crops, QuantConfig(wbits=3, abits=3))
+    guard = _crops(shared, 4, 9)
+    layout = source.layout
+    assert _guard_loss(calibrated.model, guard, layout, 5.0) < 0.9 * _guard_loss(dobi, guard, layout, 5.0)
+
+
+@pytest.fixture
+def harmoq_imdn(shared):
+    def build(**settings):
+        source = load_model(shared / "weights" / "IMDN_x2.pth")
+        config = QuantConfig(wbits=3, abits=3)
+        method = HarmoQ(**{"iters": 6, "batch": 2, "src_crops": 4, "hso_crops": 2, "guard_crops": 4,
+                           "resolve_every": 2, **settings})
+        return source, config, method
+    return build
+
+
+def test_harmoq_artifact_round_trip_restores_corrected_weights(shared, tmp_path, harmoq_imdn):
+    source, config, method = harmoq_imdn()
+    crops = _crops(shared, 6, 0)
+    calibrated = calibrate(source, config, method, crops)
+    assert [s.name for s in calibrated.steps] == ["hso", "src", "abr"]
+    assert calibrated.corrected_weights, "SRC changes weights"
+    out = save_artifact(tmp_path / "art", calibrated.model, source, config, method_record(method, calibrated),
+                        {}, seed=0, corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
+    artifact = load_artifact(out)
+    assert artifact.manifest["method"]["name"] == "harmoq"
+    assert [s["name"] for s in artifact.manifest["method"]["steps"]] == ["hso", "src", "abr"]
+    rebuilt = apply_artifact(artifact, load_model(shared / "weights" / "IMDN_x2.pth"))
+    probe = crops[:2]
+    with torch.no_grad():
+        assert torch.equal(rebuilt(probe), calibrated.model(probe))
+
+
+def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harmoq_imdn, monkeypatch):
+    crops = _crops(shared, 6, 0)
+    source, config, method = harmoq_imdn()
+    reference = calibrate(source, config, method, crops).model
+
+    real_settings = methods_module.RefineSettings
+    monkeypatch.setattr(methods_module, "RefineSettings", lambda **kw: real_settings(checkpoint_every=2, **kw))
+    calls = {"n": 0}
+    real_step = methods_module.refine_bounds.__globals__["distillation_step_loss"]
+
+    def failing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    checkpoint = tmp_path / "ckpt.pt"
+    monkeypatch.setitem(methods_module.refine_bounds.__globals__, "distillation_step_loss", failing_step)
+    source, config, method = harmoq_imdn()
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(source, config, method, crops, checkpoint=checkpoint)
+    assert checkpoint.is_file()
+    monkeypatch.setitem(methods_module.refine_bounds.__globals__, "distillation_step_loss", real_step)
+    source, config, method = harmoq_imdn()
+    resumed = calibrate(source, config, method, crops, checkpoint=checkpoint).model
+    reference_state, resumed_state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(reference_state[k], resumed_state[k]) for k in reference_state)
+
+
+def test_two_dquant_refines_bounds_only(shared):
+    source = load_model(shared / "weights" / "PANx2_DF2K.pth")
+    weights = {n: p.detach().clone() for n, p in source.module.named_parameters()}
+    calibrated = calibrate(source, QuantConfig(wbits=2, abits=2), TwoDQuant(iters=4, batch=2), _crops(shared, 4, 0))
+    assert calibrated.corrected_weights == {}
+    assert all(torch.equal(p, weights[n]) for n, p in calibrated.model.named_parameters() if n in weights)
+
+
+def test_tensorrt_target_constrains_the_grids(swinir_light_checkpoint):
+    source = load_model(swinir_light_checkpoint)
+    model = quantize_model(source.module, QuantConfig(wbits=3, abits=3, target="tensorrt"), source.layout)
+    for name, q in model.named_modules():
+        if name.endswith("weight_quantizer"):
+            assert q.symmetric and q.per_channel
+        elif name.endswith("input_quantizer"):
+            assert not q.symmetric, "a Linear's input offset folds into its bias"
+    matmul_operands = [q for n, q in model.named_modules() if ".harmoq_matmuls.pairs." in n and hasattr(q, "bits")]
+    assert matmul_operands and all(q.symmetric for q in matmul_operands)
