@@ -24,7 +24,9 @@ from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
 from harmoq_deploy.quant import QuantConfig
 
-METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq")
+METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt")
+#: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
+TENSORRT = "@tensorrt"
 ABLATION = {"dobi": dict(src=False, hso=False, abr=False), "dobi+src": dict(hso=False, abr=False),
             "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr (harmoq)": {}}
 
@@ -33,7 +35,8 @@ def _method(label: str, args):
     refine = dict(iters=args.iters, batch=args.batch)
     if label in ABLATION:
         return HarmoQ(**refine, **ABLATION[label])
-    return make_method(label, **(refine if label in ("2dquant", "harmoq") else {}))
+    name = label.removesuffix(TENSORRT)
+    return make_method(name, **(refine if name in ("2dquant", "harmoq") else {}))
 
 
 def main() -> None:
@@ -46,12 +49,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="2DQuant DQC / HarmoQ ABR iterations")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--methods", default=",".join(METHODS), help="labels; NAME@tensorrt = TensorRT grids")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--stem", default=None)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     stem = args.stem or ("ablation" if args.ablation else "quality")
-    methods = tuple(ABLATION) if args.ablation else METHODS
+    methods = tuple(ABLATION) if args.ablation else tuple(args.methods.split(","))
     models, datasets = args.models.split(","), args.datasets.split(",")
     bit_widths = [int(b) for b in args.bits.split(",")]
     settings = {"crops": args.crops, "patch": args.patch, "seed": args.seed, "iters": args.iters, "batch": args.batch}
@@ -62,7 +66,9 @@ def main() -> None:
                      f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
                      "cosine. Coverage: the architecture's default; weights per-channel, activations per-tensor, "
-                     "asymmetric. `calib s` = wall time of the whole calibration (observation included)."),
+                     "asymmetric, except `@tensorrt` rows: the grids TensorRT executes exactly (symmetric "
+                     "per-channel weights; activations symmetric except where the offset folds into a bias). "
+                     "`calib s` = wall time of the whole calibration (observation included)."),
     }
     rows: list[QualityRow] = []
     path = RESULTS / f"{stem}.json"
@@ -94,8 +100,9 @@ def main() -> None:
                 if not wanted:
                     continue
                 start = time.perf_counter()
-                calibrated = calibrate(load_model(shared_weights(MODELS[key])), QuantConfig(wbits=bits, abits=bits),
-                                       _method(label, args), crops, seed=args.seed)
+                config = QuantConfig(wbits=bits, abits=bits, target="tensorrt" if label.endswith(TENSORRT) else "any")
+                calibrated = calibrate(load_model(shared_weights(MODELS[key])), config, _method(label, args), crops,
+                                       seed=args.seed)
                 seconds = round(time.perf_counter() - start, 1)
                 for step in calibrated.steps:
                     print(f"  {step.name}: applied={step.applied} loss {step.loss_before} -> {step.loss_after} "

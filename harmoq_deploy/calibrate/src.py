@@ -114,6 +114,7 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
     layers = {name: m for name, m in model.named_modules() if supports_src(m)}
     corrected: list[str] = []
     generator = torch.Generator().manual_seed(seed)
+    crops = crops.to(next(model.parameters()))
 
     def correct(layer: nn.Module, inputs, name: str) -> None:
         if name in corrected:
@@ -134,7 +135,7 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
     handles = [m.register_forward_pre_hook(lambda m, i, n=name: correct(m, i, n)) for name, m in layers.items()]
     try:
         with torch.no_grad():
-            model(crops.to(next(model.parameters())))
+            model(crops)
     finally:
         for handle in handles:
             handle.remove()
