@@ -87,7 +87,7 @@ def harmoq_imdn(shared):
         source = load_model(shared / "weights" / "IMDN_x2.pth")
         config = QuantConfig(wbits=3, abits=3)
         method = HarmoQ(**{"iters": 6, "batch": 2, "src_crops": 4, "hso_crops": 2, "guard_crops": 4,
-                           "resolve_every": 2, **settings})
+                           "hso_resolves": 2, **settings})
         return source, config, method
     return build
 

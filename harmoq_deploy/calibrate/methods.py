@@ -93,9 +93,10 @@ class TwoDQuant:
 class HarmoQ:
     """HarmoQ (Wang et al., AAAI 2026) as derived in docs/method.md: HSO, SRC, ABR on DOBI bounds.
 
-    ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridge`` is SRC's relative
-    lambda; ``src_crops`` how many calibration crops SRC's single pass uses; ``resolve_every``
-    how many ABR iterations pass between HSO re-solves.
+    ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridges`` are SRC's candidate
+    relative lambdas (chosen per layer by hold-out); ``src_crops`` how many calibration crops
+    SRC's single pass uses; ``hso_resolves`` how many HSO re-solves ABR spreads evenly over
+    its iterations.
     """
 
     iters: int = DEFAULT_ITERS
@@ -105,11 +106,11 @@ class HarmoQ:
     src: bool = True
     hso: bool = True
     abr: bool = True
-    ridge: float = 0.05
+    ridges: tuple[float, ...] = (0.05, 0.2, 1.0)
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
-    resolve_every: int = 40
+    hso_resolves: int = 3
     name = "harmoq"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -169,10 +170,11 @@ class HarmoQ:
     def _structural_residual(self, model, crops, guard, layout, seed, steps) -> None:
         def apply() -> dict:
             subset = _guard_batch(crops, self.src_crops, seed + 3)
-            corrected = structural_residual_calibration(
-                model, subset, self.ridge, lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi()),
-                seed=seed)
-            return {"corrected_layers": len(corrected)}
+            chosen = structural_residual_calibration(
+                model, subset, self.ridges,
+                lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi()), seed=seed)
+            counts = {str(r): list(chosen.values()).count(r) for r in self.ridges}
+            return {"corrected_layers": len(chosen), "ridge_counts": counts}
 
         self._guarded(model, guard, layout, "src", apply, steps)
 
@@ -180,8 +182,10 @@ class HarmoQ:
         start = time.perf_counter()
         resolves = []
 
+        every = max(self.iters // (self.hso_resolves + 1), 1)
+
         def between_steps(i: int) -> None:
-            if groups and (i + 1) % self.resolve_every == 0 and i + 1 < self.iters:
+            if groups and self.hso_resolves and (i + 1) % every == 0 and i + 1 < self.iters:
                 resolves.append(sum(solve_group(model, g, True) for g in groups))
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}

@@ -119,6 +119,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            _keep_ordered(model)
             schedule.step()
             if between_steps is not None:
                 between_steps(i)
@@ -131,6 +132,18 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     return losses
+
+
+@torch.no_grad()
+def _keep_ordered(model: nn.Module) -> None:
+    """Project the bounds back to ``upper > lower`` after a step: a quantizer whose bounds cross
+    has no grid (and an artifact could not store it)."""
+    for q in quantizers(model).values():
+        lower, _ = q.bounds()
+        q.upper.copy_(torch.maximum(q.upper, lower + MIN_RANGE))
+
+
+MIN_RANGE = 1e-6
 
 
 def _save(path: Path, done: int, model, carry, optimizer, schedule, generator, fingerprint) -> None:

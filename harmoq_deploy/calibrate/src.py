@@ -20,7 +20,10 @@ where it belongs: ``db* = -E[W dx + dW* q]``. ``lambda`` is ``ridge`` times the 
 Layers are corrected in network order inside one forward pass: a pre-hook on each layer solves
 from the input it actually receives (upstream layers already corrected and quantized), updates
 the weights, re-initialises the layer's weight bounds for the corrected weights, and then lets
-the layer run, so downstream layers see the corrected output. See docs/method.md.
+the layer run, so downstream layers see the corrected output. lambda is chosen per layer by
+hold-out: fitted on half the crops, each candidate (and no correction at all) is scored by the
+layer's quantized output error on the other half, weight quantization of the corrected weights
+included, which SRC's objective leaves out. See docs/method.md.
 """
 
 import math
@@ -104,33 +107,62 @@ def structural_objective(layer: nn.Module, x: torch.Tensor, correction: torch.Te
         return err.pow(2).mean().item()
 
 
-def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge: float,
+def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridges: tuple[float, ...],
                                     reset_weight_bounds: Callable[[nn.Module], None],
-                                    seed: int = 0) -> list[str]:
-    """Correct every supported quantized layer of ``model`` in network order; return their names.
+                                    seed: int = 0) -> dict[str, float]:
+    """Correct every supported quantized layer of ``model`` in network order.
 
-    ``reset_weight_bounds(layer)`` re-initialises a layer's weight bounds after its correction.
+    Each layer solves Theorem 1 on the first half of the batch for every relative lambda in
+    ``ridges`` and keeps the one (or no correction) whose quantized output, weight quantization
+    included, is closest to the float output on the second half. ``reset_weight_bounds(layer)``
+    re-initialises a layer's weight bounds for its current weights. Returns the ridge chosen
+    per corrected layer.
     """
     layers = {name: m for name, m in model.named_modules() if supports_src(m)}
-    corrected: list[str] = []
+    visited: set[str] = set()
+    chosen: dict[str, float] = {}
     generator = torch.Generator().manual_seed(seed)
     crops = crops.to(next(model.parameters()))
 
     def correct(layer: nn.Module, inputs, name: str) -> None:
-        if name in corrected:
+        if name in visited:
             return
+        visited.add(name)
         x = inputs[0]
         q = layer.input_quantizer(x)
-        q_h, dx_h = _sample_rows(layer_rows(layer, q, True), layer_rows(layer, q - x, True), generator=generator)
-        d_weight = solve_correction(layer.weight, q_h, dx_h, ridge)
-        layer.weight.add_(d_weight)
-        if layer.bias is not None:
-            flat = layer.weight.reshape(layer.weight.shape[0], -1)
-            residual = layer_rows(layer, q - x, False).mean(0) @ (flat - d_weight.reshape(flat.shape)).T \
-                + layer_rows(layer, q, False).mean(0) @ d_weight.reshape(flat.shape).T
-            layer.bias.sub_(residual)
+        half = max(x.shape[0] // 2, 1)
+        fit, check = slice(0, half), slice(half if x.shape[0] > 1 else 0, None)
+        q_h, dx_h = _sample_rows(layer_rows(layer, q[fit], True), layer_rows(layer, (q - x)[fit], True),
+                                 generator=generator)
+        rows_q, rows_x = _sample_rows(layer_rows(layer, q[check], False), layer_rows(layer, x[check], False),
+                                      generator=generator)
+        mean_dx, mean_q = (layer_rows(layer, t[fit], False).mean(0) for t in (q - x, q))
+        weight = layer.weight.detach().clone()
+        flat = weight.reshape(weight.shape[0], -1)
+        target = rows_x @ flat.T
+
+        def held_out_error(d_weight: torch.Tensor, d_bias: torch.Tensor) -> float:
+            layer.weight.copy_(weight + d_weight)
+            reset_weight_bounds(layer)
+            quantized = layer.weight_quantizer(layer.weight).reshape(flat.shape)
+            return (rows_q @ quantized.T + d_bias - target).pow(2).mean().item()
+
+        no_bias = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        best = (held_out_error(torch.zeros_like(weight), no_bias), torch.zeros_like(weight), no_bias, None)
+        for ridge in ridges:
+            d_weight = solve_correction(weight, q_h, dx_h, ridge)
+            d_bias = -(mean_dx @ flat.T + mean_q @ d_weight.reshape(flat.shape).T) if layer.bias is not None \
+                else no_bias
+            error = held_out_error(d_weight, d_bias)
+            if error < best[0]:
+                best = (error, d_weight, d_bias, ridge)
+        _, d_weight, d_bias, ridge = best
+        layer.weight.copy_(weight + d_weight)
         reset_weight_bounds(layer)
-        corrected.append(name)
+        if ridge is not None:
+            if layer.bias is not None:
+                layer.bias.add_(d_bias)
+            chosen[name] = ridge
 
     handles = [m.register_forward_pre_hook(lambda m, i, n=name: correct(m, i, n)) for name, m in layers.items()]
     try:
@@ -139,4 +171,4 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
     finally:
         for handle in handles:
             handle.remove()
-    return corrected
+    return chosen
