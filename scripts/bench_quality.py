@@ -39,6 +39,24 @@ def _method(label: str, args):
     return make_method(name, **(refine if name in ("2dquant", "harmoq") else {}))
 
 
+def margins(rows: list[QualityRow], better: str, base: str) -> str:
+    """PSNR/SSIM of ``better`` minus ``base`` for every cell both have, and the mean per bit width."""
+    cells = {(r.model, r.bits, r.method, r.dataset): r for r in rows}
+    lines, per_bits = [], {}
+    for (model, bits, method, dataset), row in cells.items():
+        other = cells.get((model, bits, base, dataset))
+        if method != better or other is None:
+            continue
+        d_psnr, d_ssim = row.psnr - other.psnr, row.ssim - other.ssim
+        per_bits.setdefault(bits, []).append(d_psnr)
+        lines.append(f"| {model} | {bits} | {dataset} | {d_psnr:+.3f} | {d_ssim:+.4f} |")
+    if not lines:
+        return ""
+    means = ", ".join(f"{bits} {sum(v) / len(v):+.3f} dB over {len(v)} cells" for bits, v in per_bits.items())
+    return "\n".join([f"## {better} minus {base}", "", "| model | bits | dataset | PSNR | SSIM |", "|---|---|---|---|---|",
+                      *lines, "", f"Mean PSNR margin: {means}.", ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -79,12 +97,17 @@ def main() -> None:
         rows = [QualityRow(**r) for r in previous["rows"]]
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
 
+    def write() -> None:
+        appendix = margins(rows, "dobi+src+hso+abr (harmoq)", "dobi") if args.ablation else \
+            margins(rows, "harmoq", "2dquant") + margins(rows, "harmoq@tensorrt", "harmoq")
+        write_results(stem, rows, meta, appendix)
+
     def record(row: QualityRow) -> None:
         rows.append(row)
         done.add((row.model, row.bits, row.method, row.dataset))
         print(f"{row.model} {row.bits} {row.method} {row.dataset}: {row.psnr:.3f} / {row.ssim:.4f} "
               f"(calib {row.calib_seconds:.1f}s)", flush=True)
-        write_results(stem, rows, meta)
+        write()
 
     for key in models:
         source = load_model(shared_weights(MODELS[key]))
@@ -110,6 +133,7 @@ def main() -> None:
                 for d in wanted:
                     score = score_pairs(calibrated.model, pairs[d], source.scale, f"{key} W{bits}A{bits} {label} {d}")
                     record(QualityRow(key, f"W{bits}A{bits}", label, d, score.psnr, score.ssim, seconds))
+    write()
 
 
 if __name__ == "__main__":

@@ -35,12 +35,13 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def write_results(stem: str, rows: list[QualityRow], meta: dict) -> None:
-    """Write ``<stem>.json`` (meta + rows) and ``<stem>.md`` (one PSNR/SSIM table per model)."""
+def write_results(stem: str, rows: list[QualityRow], meta: dict, appendix: str = "") -> None:
+    """Write ``<stem>.json`` (meta + rows) and ``<stem>.md`` (one PSNR/SSIM table per model,
+    then ``appendix``)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
     write_atomic(RESULTS / f"{stem}.json", (json.dumps(payload, indent=1) + "\n").encode())
-    write_atomic(RESULTS / f"{stem}.md", markdown(rows, meta).encode())
+    write_atomic(RESULTS / f"{stem}.md", (markdown(rows, meta) + appendix).encode())
 
 
 def markdown(rows: list[QualityRow], meta: dict) -> str:

@@ -7,11 +7,12 @@ from harmoq_deploy.calibrate import HarmoQ, TwoDQuant, apply_artifact, calibrate
     save_artifact
 from harmoq_deploy.calibrate import methods as methods_module
 from harmoq_deploy.calibrate.baselines import Dobi
-from harmoq_deploy.calibrate.bounds import initialise_bounds
+from harmoq_deploy.calibrate.bounds import initialise_bounds, set_weight_bounds
 from harmoq_deploy.calibrate.hso import apply_scale, closed_form_scale, find_fold_groups, record_inputs
 from harmoq_deploy.calibrate.methods import _guard_loss
 from harmoq_deploy.calibrate.observe import observe_activations
-from harmoq_deploy.calibrate.src import solve_correction, structural_objective, layer_rows
+from harmoq_deploy.calibrate.src import layer_rows, solve_correction, structural_objective, \
+    structural_residual_calibration
 from harmoq_deploy.data import sample_calibration_crops
 from harmoq_deploy.models import load_model
 from harmoq_deploy.quant import QuantConfig, quantize_model, set_quantization_enabled
@@ -156,3 +157,14 @@ def test_tensorrt_target_constrains_the_grids(swinir_light_checkpoint):
             assert not q.symmetric, "a Linear's input offset folds into its bias"
     matmul_operands = [q for n, q in model.named_modules() if ".harmoq_matmuls.pairs." in n and hasattr(q, "bits")]
     assert matmul_operands and all(q.symmetric for q in matmul_operands)
+
+
+def test_src_corrects_linears_inside_attention_modules(swinir_light_checkpoint):
+    source = load_model(swinir_light_checkpoint)
+    crops = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = _dobi(source, crops, QuantConfig(wbits=3, abits=3))
+    reset = lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi())  # noqa: E731
+    chosen = structural_residual_calibration(model, crops, (0.05, 0.2, 1.0), reset)
+    assert any(name.endswith("attn.qkv") for name in chosen), "qkv runs inside WindowAttention's matmul mode"
+    with torch.no_grad():
+        assert torch.isfinite(model(crops)).all()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant.layers import QUANT_LAYER_TYPES, QuantConv2d
+from ..quant.matmul import unquantized_matmuls
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 MAX_ROWS = 1 << 15
@@ -128,7 +129,10 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
         if name in visited:
             return
         visited.add(name)
-        x = inputs[0]
+        with unquantized_matmuls():
+            _correct(layer, inputs[0], name)
+
+    def _correct(layer: nn.Module, x: torch.Tensor, name: str) -> None:
         q = layer.input_quantizer(x)
         half = max(x.shape[0] // 2, 1)
         fit, check = slice(0, half), slice(half if x.shape[0] > 1 else 0, None)

@@ -6,6 +6,9 @@ attention module's ``forward``. Rather than copying every architecture's attenti
 operands to the i-th pair of quantizers. The number of matmuls is found once, by probing.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -30,6 +33,20 @@ def _is_activation_matmul(func, args) -> bool:
             and all(isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) for a in args[:2]))
 
 
+_paused = [0]
+
+
+@contextmanager
+def unquantized_matmuls() -> Iterator[None]:
+    """Matmuls inside are left alone even within an attention module: calibration code running
+    in a hook there (SRC's solves) must not be mistaken for the module's own matmuls."""
+    _paused[0] += 1
+    try:
+        yield
+    finally:
+        _paused[0] -= 1
+
+
 class _QuantizeMatmulOperands(TorchFunctionMode):
     def __init__(self, quantizers: MatmulQuantizers):
         super().__init__()
@@ -38,7 +55,7 @@ class _QuantizeMatmulOperands(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not _is_activation_matmul(func, args):
+        if _paused[0] or not _is_activation_matmul(func, args):
             return func(*args, **kwargs)
         if self.index >= len(self.quantizers.pairs):
             raise RuntimeError("attention module ran more matmuls than were probed")
