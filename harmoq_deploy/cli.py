@@ -159,7 +159,8 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
                   corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
     checkpoint.unlink(missing_ok=True)
     for step in calibrated.steps:
-        verdict = "kept" if step.applied else "rejected (raised the distillation loss)"
+        verdict = "kept" if step.applied else "no change" if step.loss_before == step.loss_after \
+            else "rejected (raised the distillation loss)"
         losses = " -> ".join("-" if v is None else f"{v:.5f}" for v in (step.loss_before, step.loss_after))
         _out.print(f"{step.name}: {verdict}, loss {losses}, {step.seconds:.0f}s", markup=False)
     _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale}, "

@@ -168,3 +168,16 @@ def test_src_corrects_linears_inside_attention_modules(swinir_light_checkpoint):
     assert any(name.endswith("attn.qkv") for name in chosen), "qkv runs inside WindowAttention's matmul mode"
     with torch.no_grad():
         assert torch.isfinite(model(crops)).all()
+
+
+def test_harmoq_artifact_of_a_transformer_round_trips(swinir_light_checkpoint, tmp_path):
+    source = load_model(swinir_light_checkpoint)
+    crops = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    config, method = QuantConfig(wbits=3, abits=3), HarmoQ(iters=2, batch=2, src_crops=2, hso_crops=2, guard_crops=2)
+    calibrated = calibrate(source, config, method, crops)
+    assert not any(".harmoq_matmuls." in name for name in calibrated.corrected_weights), "bounds are not weights"
+    out = save_artifact(tmp_path / "art", calibrated.model, source, config, method_record(method, calibrated), {},
+                        seed=0, corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
+    rebuilt = apply_artifact(load_artifact(out), load_model(swinir_light_checkpoint))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(crops[:1]), calibrated.model(crops[:1]))

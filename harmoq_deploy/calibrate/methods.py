@@ -23,7 +23,7 @@ from torch import nn
 
 from ..models.layout import ArchLayout
 from ..progress import progress_bar
-from ..quant import set_quantization_enabled
+from ..quant import quantizers, set_quantization_enabled
 from .baselines import Dobi
 from .bounds import initialise_bounds, set_weight_bounds
 from .hso import FoldGroup, find_fold_groups, record_inputs, solve_group
@@ -115,7 +115,8 @@ class HarmoQ:
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
-        before = {n: p.detach().clone() for n, p in model.named_parameters() if "quantizer" not in n}
+        bounds = {id(p) for q in quantizers(model).values() for p in q.parameters()}
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in bounds}
         guard = _guard_batch(crops, self.guard_crops, seed)
         steps: list[StepReport] = []
         groups: list[FoldGroup] = []
