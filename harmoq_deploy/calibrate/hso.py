@@ -90,17 +90,15 @@ def _candidates(model: nn.Module, example: torch.Tensor) -> dict[str, list[str]]
         for handle in handles:
             handle.remove()
     groups: dict[str, list[str]] = {}
+    paired: set[str] = set()
     last_done = None
     for kind, name in events:
         if kind == "done":
             last_done = name
-            continue
-        layer = model.get_submodule(name)
-        if last_done is None or name in (c for cs in groups.values() for c in cs):
-            continue
-        producer = model.get_submodule(last_done)
-        if _channels_out(producer) == _channels_in(layer):
+        elif last_done is not None and name not in paired \
+                and _channels_out(model.get_submodule(last_done)) == _channels_in(model.get_submodule(name)):
             groups.setdefault(last_done, []).append(name)
+            paired.add(name)
     return groups
 
 
@@ -224,6 +222,11 @@ def _remapped_bounds(q: UniformQuantizer, old: torch.Tensor, new: torch.Tensor):
     return new_lo + (lower - old_lo) * ratio, new_lo + (upper - old_lo) * ratio
 
 
+def _unscaled_weight(layer: nn.Module, group: FoldGroup) -> torch.Tensor:
+    """``layer``'s weight with the group's current scale taken back out."""
+    return layer.weight.detach() / group.scale.reshape(_input_columns(layer)).to(layer.weight)
+
+
 def _group_error(model: nn.Module, group: FoldGroup, scale: torch.Tensor, keep_learned: bool) -> float:
     """Quantized output error of the group's consumers with ``scale`` applied (in place of the
     current one); bounds are fresh DOBI bounds, or the current ones remapped when ``keep_learned``."""
@@ -231,18 +234,16 @@ def _group_error(model: nn.Module, group: FoldGroup, scale: torch.Tensor, keep_l
     for name in group.consumers:
         layer = model.get_submodule(name)
         x = group.inputs[name]
-        weight_unscaled = layer.weight.detach() / group.scale.reshape(_input_columns(layer)).to(layer.weight)
-        reference = _layer_out(layer, x, weight_unscaled)
-        x_new, w_new = _scaled(layer, x, weight_unscaled, scale)
-        bounds = []
-        for q, new in ((layer.input_quantizer, x_new), (layer.weight_quantizer, w_new)):
-            if keep_learned:
-                old = _scaled(layer, x, weight_unscaled, group.scale)[0 if q is layer.input_quantizer else 1]
-                bounds.append(_remapped_bounds(q, old, new))
-            else:
-                bounds.append(_fresh_bounds(q, new, activation=q is layer.input_quantizer))
-        out = _layer_out(layer, _quantize_like(layer.input_quantizer, x_new, *bounds[0]),
-                         _quantize_like(layer.weight_quantizer, w_new, *bounds[1]))
+        weight = _unscaled_weight(layer, group)
+        reference = _layer_out(layer, x, weight)
+        new = _scaled(layer, x, weight, scale)
+        pair = (layer.input_quantizer, layer.weight_quantizer)
+        if keep_learned:
+            old = _scaled(layer, x, weight, group.scale)
+            bounds = [_remapped_bounds(q, o, n) for q, o, n in zip(pair, old, new)]
+        else:
+            bounds = [_fresh_bounds(q, n, activation=q is layer.input_quantizer) for q, n in zip(pair, new)]
+        out = _layer_out(layer, *(_quantize_like(q, n, *b) for q, n, b in zip(pair, new, bounds)))
         error += (out - reference).pow(2).mean().item()
     return error
 
@@ -255,7 +256,7 @@ def closed_form_scale(model: nn.Module, group: FoldGroup, exponent: float) -> to
         layer = model.get_submodule(name)
         x = _channel_view(layer, group.inputs[name])
         r_x = x.reshape(-1, x.shape[-1]).abs().amax(0)
-        weight = layer.weight.detach() / group.scale.reshape(_input_columns(layer)).to(layer.weight)
+        weight = _unscaled_weight(layer, group)
         r_w = weight.transpose(0, 1).reshape(weight.shape[1], -1).abs().amax(1)
         x_range = r_x if x_range is None else torch.maximum(x_range, r_x)
         w_range = r_w if w_range is None else torch.maximum(w_range, r_w)
@@ -286,9 +287,9 @@ def solve_group(model: nn.Module, group: FoldGroup, keep_learned: bool) -> bool:
         for name in group.consumers:
             layer = model.get_submodule(name)
             x = group.inputs[name]
-            weight_unscaled = layer.weight.detach() / group.scale.reshape(_input_columns(layer)).to(layer.weight)
-            old = _scaled(layer, x, weight_unscaled, group.scale)
-            new = _scaled(layer, x, weight_unscaled, scale)
+            weight = _unscaled_weight(layer, group)
+            old = _scaled(layer, x, weight, group.scale)
+            new = _scaled(layer, x, weight, scale)
             moved.append((layer.input_quantizer, _remapped_bounds(layer.input_quantizer, old[0], new[0])))
             moved.append((layer.weight_quantizer, _remapped_bounds(layer.weight_quantizer, old[1], new[1])))
     apply_scale(model, group, scale, exponent)
