@@ -17,6 +17,7 @@ _err = Console(stderr=True)
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
 # Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
 DEFAULT_ITERS, DEFAULT_BATCH = 160, 4
+DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
 
@@ -183,6 +184,101 @@ def coverage_command(model_path, bits, wbits, abits, layers, size):
     _out.print(report.to_markdown())
     for kind, (count, share) in report.by_kind().items():
         _out.print(f"{kind}: {count} ops, {share:.1%} of FLOPs")
+
+
+def _rebuild(artifact_path: Path, model_path: Path | None):
+    """The calibrated model of an artifact, from ``model_path`` or the checkpoint it names."""
+    from .calibrate import apply_artifact, load_artifact
+    from .models import load_model
+
+    artifact = load_artifact(artifact_path)
+    source = load_model(model_path or Path(artifact.manifest["source"]["path"]))
+    return artifact, source, apply_artifact(artifact, source)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before long work when ``path`` cannot be written (the file itself is written atomically)."""
+    import os
+
+    folder = path.parent.resolve()
+    if not folder.is_dir():
+        raise HarmoqError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise HarmoqError(f"{path}: cannot write in {path.parent}")
+
+
+@cli.command("export")
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Calibration artifact folder.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="SR checkpoint (default: the one the artifact was calibrated from).")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True, help="LR tile side the graph is fixed to.")
+@click.option("--dynamic", is_flag=True, help="Dynamic height/width instead of a fixed tile (only for "
+                                              "architectures whose traced graph supports it).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+def export_command(artifact, model_path, tile, dynamic, output):
+    """Export a calibrated model to ONNX with TensorRT-legal Q/DQ (checked on every export)."""
+    from .export import export_calibrated, save_onnx
+
+    _check_writable(output)
+    loaded, source, model = _rebuild(artifact, model_path)
+    graph = export_calibrated(model, loaded.manifest, None if dynamic else tile)
+    save_onnx(graph, output)
+    quantized = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    _out.print(f"wrote {output} ({len(graph.graph.node)} nodes, {quantized} quantized activations, "
+               f"{'dynamic' if dynamic else f'{tile}x{tile}'} input, TensorRT rules: pass)", markup=False)
+
+
+@cli.command("validate")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="Exported Q/DQ graph.")
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="The artifact it was exported from.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="SR checkpoint (default: the one the artifact was calibrated from).")
+@click.option("--datasets", default="Set5", show_default=True, help="Comma-separated benchmark names.")
+@click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
+@click.option("--tile", type=int, help="LR tile side (default: the graph's; 64 for a dynamic graph).")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="LR pixels shared by neighbouring tiles.")
+@click.option("--threshold", type=float, default=50.0, show_default=True, help="Minimum parity (dB) on every image.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the per-image report as JSON.")
+def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile, overlap, threshold, json_path):
+    """Run the graph in ONNX Runtime (CPU) and compare it, image by image, with the PyTorch
+    fake-quantized model (parity, decisions matched), the float model and HR."""
+    from .engine import Tiling, validate_graph
+    from .engine.validate import summarize
+    from .export import graph_metadata, load_onnx
+
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise HarmoqError("--datasets names no dataset")
+    if json_path is not None:
+        _check_writable(json_path)
+    graph = load_onnx(onnx_path)
+    meta = graph_metadata(graph)
+    loaded, source, model = _rebuild(artifact, model_path)
+    if meta.get("source_sha256") not in (None, source.sha256):
+        raise HarmoqError(f"{onnx_path} was exported from another checkpoint than {source.path.name}")
+    graph_tile = meta.get("tile", "dynamic")
+    if tile is None:
+        tile = int(graph_tile) if graph_tile != "dynamic" else DEFAULT_TILE
+    elif graph_tile not in ("dynamic", str(tile)):
+        raise HarmoqError(f"{onnx_path} takes {graph_tile}x{graph_tile} tiles, not --tile {tile}")
+    reports = validate_graph(graph, model, source.scale, names, data_root, Tiling(tile, overlap))
+    table = Table("image", "parity dB", "free dB", "vs FP32 dB", "PSNR/SSIM (ONNX)", "PSNR/SSIM (PyTorch)",
+                  "codes differing", title=f"{onnx_path.name}: ONNX Runtime vs PyTorch")
+    for r in reports:
+        table.add_row(f"{r.dataset}/{r.image}", f"{r.parity_db:.1f}", f"{r.free_parity_db:.1f}", f"{r.vs_fp32_db:.1f}",
+                      f"{r.psnr:.3f} / {r.ssim:.4f}", f"{r.torch_psnr:.3f} / {r.torch_ssim:.4f}",
+                      f"{r.decisions.differing} of {r.decisions.codes}")
+    _out.print(table)
+    summary = summarize(reports, threshold)
+    for line in summary["lines"]:
+        _out.print(line, markup=False)
+    if json_path is not None:
+        payload = {"onnx": str(onnx_path), "tile": tile, "overlap": overlap, "threshold_db": threshold,
+                   "summary": {k: v for k, v in summary.items() if k != "lines"},
+                   "images": [r.to_dict() for r in reports]}
+        write_atomic(json_path, (json.dumps(payload, indent=2) + "\n").encode())
+    if not summary["passed"]:
+        raise HarmoqError(summary["failure"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """``quantize_model``: insert fake quantizers into a float SR network, following a QuantConfig."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -28,16 +31,8 @@ def _weight_quantizer(layer: nn.Module, config: QuantConfig) -> UniformQuantizer
     return UniformQuantizer(config.wbits, symmetric=config.weight_symmetric)
 
 
-def _act_quantizer(config: QuantConfig, offset_foldable: bool = False) -> UniformQuantizer:
-    return UniformQuantizer(config.abits, symmetric=config.act_symmetric_for(offset_foldable))
-
-
-def _offset_folds(layer: nn.Module) -> bool:
-    """An input offset c folds into the bias as W c exactly for a Linear or a pointwise conv
-    (no padding, so no border positions see zeros instead of c)."""
-    if isinstance(layer, nn.Linear):
-        return True
-    return layer.kernel_size == (1, 1) and layer.padding in ((0, 0), "valid") and layer.groups == 1
+def _act_quantizer(config: QuantConfig) -> UniformQuantizer:
+    return UniformQuantizer(config.abits, symmetric=config.act_symmetric)
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:
@@ -65,10 +60,10 @@ def quantize_model(model: nn.Module, config: QuantConfig, layout: ArchLayout | N
             attention.append(module)
         elif type(module) is nn.Linear and "linear" in kinds:
             replacements[name] = QuantLinear.wrap(module, _weight_quantizer(module, config),
-                                                  _act_quantizer(config, _offset_folds(module)))
+                                                  _act_quantizer(config))
         elif type(module) is nn.Conv2d and "conv" in kinds:
             replacements[name] = QuantConv2d.wrap(module, _weight_quantizer(module, config),
-                                                  _act_quantizer(config, _offset_folds(module)))
+                                                  _act_quantizer(config))
     if attention:
         example = example_input if example_input is not None else _probe_input(model)
         counts = count_matmuls(model, attention, example)
@@ -93,3 +88,15 @@ def is_weight_quantizer(name: str) -> bool:
 def set_quantization_enabled(model: nn.Module, enabled: bool) -> None:
     for q in quantizers(model).values():
         q.enabled = enabled
+
+
+@contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` computes in float inside the block; each quantizer's state is restored after."""
+    states = {q: q.enabled for q in quantizers(model).values()}
+    set_quantization_enabled(model, False)
+    try:
+        yield model
+    finally:
+        for q, enabled in states.items():
+            q.enabled = enabled

@@ -26,10 +26,10 @@ class QuantConfig:
     weight_per_channel: per-output-channel weight bounds (TensorRT's weight granularity);
         activations are always per-tensor.
     target: ``"any"`` leaves the grids free; ``"tensorrt"`` constrains them to what TensorRT
-        executes exactly: symmetric per-channel weights (zero point 0) and symmetric activations,
-        except at the input of a Linear or 1x1 stride-1 unpadded convolution, whose asymmetric
-        range the exporter shifts to symmetric and folds into the bias exactly. Matmul operands
-        and padded convolutions would need correction terms, so they get symmetric grids.
+        executes exactly: symmetric per-channel weights (zero point 0; a weight offset would
+        multiply the data). Activations stay asymmetric: the exporter shifts each range to
+        symmetric and restores the offset exactly around the INT8 op (bias folds, LayerNorm
+        beta, matmul and padded-conv correction terms; see ``export.qdq``).
     """
 
     wbits: int = 4
@@ -57,10 +57,6 @@ class QuantConfig:
 
     def layers_for(self, family: str) -> tuple[str, ...]:
         return self.layers if self.layers is not None else FAMILY_DEFAULT_LAYERS[family]
-
-    def act_symmetric_for(self, offset_foldable: bool) -> bool:
-        """Whether an activation quantizer is symmetric, given whether its offset folds into a bias."""
-        return self.act_symmetric or (self.target == "tensorrt" and not offset_foldable)
 
     def to_dict(self) -> dict:
         return asdict(self)
