@@ -261,7 +261,10 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
         tile = int(graph_tile) if graph_tile != "dynamic" else DEFAULT_TILE
     elif graph_tile not in ("dynamic", str(tile)):
         raise HarmoqError(f"{onnx_path} takes {graph_tile}x{graph_tile} tiles, not --tile {tile}")
-    reports = validate_graph(graph, model, source.scale, names, data_root, Tiling(tile, overlap))
+    from .models import load_model
+
+    float_model = load_model(source.path).module
+    reports = validate_graph(graph, model, float_model, source.scale, names, data_root, Tiling(tile, overlap))
     table = Table("image", "parity dB", "free dB", "vs FP32 dB", "PSNR/SSIM (ONNX)", "PSNR/SSIM (PyTorch)",
                   "codes differing", title=f"{onnx_path.name}: ONNX Runtime vs PyTorch")
     for r in reports:

@@ -31,7 +31,7 @@ from harmoq_deploy.export import export_calibrated, save_onnx
 from harmoq_deploy.io import write_atomic
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import PROJECT_ROOT, benchmarks_root, calib_root, shared_weights
-from harmoq_deploy.quant import QuantConfig, quantization_disabled
+from harmoq_deploy.quant import QuantConfig
 
 RUNS = PROJECT_ROOT / "runs" / "export"
 STEM = "export_parity"
@@ -82,7 +82,9 @@ def run_config(name: str, bits: int, args) -> dict:
     save_onnx(graph, onnx_path)
     tiling = Tiling(args.tile, args.overlap)
     start = time.perf_counter()
-    reports = validate_graph(graph, model, source.scale, args.datasets, benchmarks_root(), tiling, threads=args.threads)
+    float_model = load_model(shared_weights(MODELS[name])).module
+    reports = validate_graph(graph, model, float_model, source.scale, args.datasets, benchmarks_root(), tiling,
+                             threads=args.threads)
     validate_seconds = time.perf_counter() - start
     summary = {k: v for k, v in summarize(reports, args.threshold).items() if k not in ("lines", "failure")}
 
@@ -93,8 +95,8 @@ def run_config(name: str, bits: int, args) -> dict:
     tiling_check = {}
     if bits == args.bits[0]:
         whole_q, tiled_q = _whole_psnr(model, pairs, source.scale), [r.torch_psnr for r in reports]
-        with quantization_disabled(model):
-            whole_fp, tiled_fp = _whole_psnr(model, pairs, source.scale), _tiled_psnr(model, pairs, source.scale, tiling)
+        whole_fp = _whole_psnr(float_model, pairs, source.scale)
+        tiled_fp = _tiled_psnr(float_model, pairs, source.scale, tiling)
         tiling_check = {"fp_whole": float(np.mean(whole_fp)), "fp_tiled": float(np.mean(tiled_fp)),
                         "quant_whole": float(np.mean(whole_q)), "quant_tiled": float(np.mean(tiled_q))}
     return {

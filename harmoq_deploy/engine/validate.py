@@ -33,7 +33,7 @@ from ..errors import HarmoqError
 from ..eval.metrics import psnr_y, ssim_y
 from ..export.points import PointGrid, point_grids
 from ..progress import progress_bar
-from ..quant import quantization_disabled, quantizers
+from ..quant import quantizers
 from .runners import OnnxRuntimeRunner, TorchRunner
 from .tiling import Tiling, run_tiled
 
@@ -120,15 +120,17 @@ def forced_decisions(model: nn.Module, grids: dict[str, PointGrid], codes: dict[
 class ValidationRunner:
     """One tile in, five SR outputs out (stacked along channels): the graph's; the graph's with its
     codes exposed (ONNX Runtime may optimise it differently, so it is its own free-running run)
-    and PyTorch's with those codes; PyTorch's free-running; the float model's."""
+    and PyTorch's with those codes; PyTorch's free-running; the float checkpoint's (without the
+    weights a method corrected)."""
 
     CHANNELS = {name: slice(3 * i, 3 * i + 3) for i, name in enumerate(("graph", "probed", "forced", "free", "fp32"))}
 
-    def __init__(self, graph: onnx.ModelProto, model: nn.Module, threads: int | None = None):
+    def __init__(self, graph: onnx.ModelProto, model: nn.Module, float_model: nn.Module, threads: int | None = None):
         self.graph = OnnxRuntimeRunner(graph, threads)
         probed, self.names = with_code_outputs(graph)
         self.probed = OnnxRuntimeRunner(probed, threads)
         self.model = TorchRunner(model)
+        self.float_model = TorchRunner(float_model)
         self.grids = point_grids(model)
         self.decisions = DecisionStats()
 
@@ -139,9 +141,8 @@ class ValidationRunner:
             probed = self.probed.run_all(tile)
             with forced_decisions(self.model.model, self.grids, dict(zip(self.names, probed[1:])), self.decisions):
                 forced = self.model(tile)
-            with quantization_disabled(self.model.model):
-                fp32 = self.model(tile)
-            outputs.append(np.concatenate([self.graph(tile), probed[0], forced, self.model(tile), fp32], axis=1))
+            outputs.append(np.concatenate([self.graph(tile), probed[0], forced, self.model(tile), self.float_model(tile)],
+                                          axis=1))
         return np.concatenate(outputs)
 
 
@@ -176,10 +177,11 @@ class ImageReport:
         return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in row.items()}
 
 
-def validate_graph(graph: onnx.ModelProto, model: nn.Module, scale: int, datasets: list[str], data_root: Path,
-                   tiling: Tiling, threads: int | None = None) -> list[ImageReport]:
-    """Run ``graph`` and ``model`` over every image of ``datasets``; one report per image."""
-    runner = ValidationRunner(graph, model, threads)
+def validate_graph(graph: onnx.ModelProto, model: nn.Module, float_model: nn.Module, scale: int, datasets: list[str],
+                   data_root: Path, tiling: Tiling, threads: int | None = None) -> list[ImageReport]:
+    """Run ``graph``, the fake-quantized ``model`` and the original ``float_model`` over every
+    image of ``datasets``; one report per image."""
+    runner = ValidationRunner(graph, model, float_model, threads)
     reports = []
     for dataset in datasets:
         for pair in progress_bar(load_benchmark(data_root, dataset, scale), f"validating {dataset}"):
