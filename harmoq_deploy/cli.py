@@ -11,7 +11,7 @@ from rich.table import Table
 from .errors import HarmoqError
 from .io import write_atomic
 
-_out = Console()
+_out = Console(soft_wrap=True)
 _err = Console(stderr=True)
 
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
@@ -233,15 +233,19 @@ def export_command(artifact, model_path, tile, dynamic, output):
 @click.option("--artifact", required=True, type=click.Path(path_type=Path), help="The artifact it was exported from.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="SR checkpoint (default: the one the artifact was calibrated from).")
-@click.option("--datasets", default="Set5", show_default=True, help="Comma-separated benchmark names.")
-@click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
+@click.option("--datasets", default="Set5", show_default=True,
+              help="Comma-separated benchmark names (skimage: photographs bundled with scikit-image).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--tile", type=int, help="LR tile side (default: the graph's; 64 for a dynamic graph).")
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="LR pixels shared by neighbouring tiles.")
 @click.option("--threshold", type=float, default=50.0, show_default=True, help="Minimum parity (dB) on every image.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the per-image report as JSON.")
-def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile, overlap, threshold, json_path):
+@click.option("--save-images", type=click.Path(path_type=Path), help="Also write the graph's SR outputs (PNG) here.")
+def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile, overlap, threshold, json_path,
+                     save_images):
     """Run the graph in ONNX Runtime (CPU) and compare it, image by image, with the PyTorch
     fake-quantized model (parity, decisions matched), the float model and HR."""
+    from .data import load_datasets
     from .engine import Tiling, validate_graph
     from .engine.validate import summarize
     from .export import graph_metadata, load_onnx
@@ -264,7 +268,8 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
     from .models import load_model
 
     float_model = load_model(source.path).module
-    reports = validate_graph(graph, model, float_model, source.scale, names, data_root, Tiling(tile, overlap))
+    reports = validate_graph(graph, model, float_model, source.scale, load_datasets(names, data_root, source.scale),
+                             Tiling(tile, overlap), save_images=save_images)
     table = Table("image", "parity dB", "free dB", "vs FP32 dB", "PSNR/SSIM (ONNX)", "PSNR/SSIM (PyTorch)",
                   "codes differing", title=f"{onnx_path.name}: ONNX Runtime vs PyTorch")
     for r in reports:
@@ -282,6 +287,111 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
         write_atomic(json_path, (json.dumps(payload, indent=2) + "\n").encode())
     if not summary["passed"]:
         raise HarmoqError(summary["failure"])
+
+
+@cli.command("engine")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="SR checkpoint.")
+@_bits_options
+@click.option("--method", default="harmoq", show_default=True, help="Calibration method: " + METHOD_HELP)
+@click.option("--artifact", type=click.Path(path_type=Path), help="Reuse this calibration artifact instead of calibrating.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime), tensorrt or onnxruntime.")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True, help="LR tile side the engine runs.")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="LR pixels shared by neighbouring tiles.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Folder of calibration images (default: the colour photographs bundled with scikit-image).")
+@click.option("--crops", type=int, default=DEFAULT_CROPS, show_default=True, help="Number of calibration crops.")
+@click.option("--patch", type=int, default=DEFAULT_PATCH, show_default=True, help="LR crop side in pixels.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the crop sampler.")
+@click.option("--iters", type=int, default=DEFAULT_ITERS, show_default=True, help="2dquant/harmoq: refinement iterations.")
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="2dquant/harmoq: crops per step.")
+@click.option("--datasets", help="Validation sets, comma-separated (default: Set5 when the shared benchmarks "
+                                 "are found, else skimage: photographs bundled with scikit-image).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding <Name>/HR (default: ../shared's).")
+@click.option("--threshold", type=float, default=50.0, show_default=True, help="Minimum validation parity (dB).")
+@click.option("--hw-compat", default="none", show_default=True,
+              help="TensorRT hardware compatibility: none, or ampere+ (an A100 engine built on another Ampere+ GPU).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=Path("engines/.timing-cache"),
+              show_default=True, help="TensorRT timing cache, reused across builds.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
+def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
+                   iters, batch, datasets, data_root, threshold, hw_compat, timing_cache, output):
+    """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
+    from .calibrate import OPTIMIZING_METHODS
+    from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
+
+    if artifact is None:
+        config = _quant_config(bits, wbits, abits, None, "tensorrt")
+        wbits, abits = config.wbits, config.abits
+    if iters < 0 or batch < 1:
+        raise HarmoqError("--iters must be >= 0 and --batch >= 1")
+    names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else default_datasets()
+    if not names:
+        raise HarmoqError("--datasets names no dataset")
+    request = EngineRequest(
+        model_path=model_path, output=output, wbits=wbits or 0, abits=abits or 0, method=method, artifact=artifact,
+        backend=backend, tile=tile, overlap=overlap, calib=calib, crops=crops, patch=patch, seed=seed,
+        method_settings={"iters": iters, "batch": batch} if method in OPTIMIZING_METHODS else {},
+        datasets=names, data_root=data_root or default_data_root(), threshold_db=threshold,
+        hardware_compatibility=hw_compat, timing_cache=timing_cache)
+    bundle, report = build(request, say=lambda line: _out.print(line, markup=False, highlight=False))
+    summary = report["validation"]["summary"]
+    _out.print(f"wrote {bundle.path} ({report['backend']['name']} engine, {report['quantization']['method']} "
+               f"W{report['quantization']['wbits']}A{report['quantization']['abits']}, parity min "
+               f"{summary['min_parity_db']:.1f} dB, PSNR {summary['mean_psnr']:.3f} on "
+               f"{', '.join(report['validation']['datasets'])})", markup=False, highlight=False)
+    if not report["tensorrt"]["available"]:
+        _out.print(f"TensorRT was not available: {report['tensorrt']['status']}", markup=False, highlight=False)
+
+
+@cli.command("upscale")
+@click.option("--engine", "engine_path", required=True, type=click.Path(path_type=Path), help="Engine folder.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNG results.")
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores).")
+def upscale_command(engine_path, inputs, output, threads):
+    """Super-resolve images (files or folders, any size; PNG out, alpha and gray kept)."""
+    from .engine import Tiling
+    from .engine.bundle import open_bundle
+    from .engine.upscale import expand_inputs, upscale_file
+    from .progress import progress_bar
+
+    bundle = open_bundle(engine_path)
+    files = expand_inputs(list(inputs))
+    if output.exists() and not output.is_dir():
+        raise HarmoqError(f"{output} exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    runner = bundle.runner(threads)
+    tiling = Tiling(bundle.tile, bundle.overlap)
+    for path in progress_bar(files, "upscaling"):
+        written = upscale_file(runner, path, output, bundle.scale, tiling)
+        _out.print(f"{path} -> {written}", markup=False, highlight=False)
+
+
+@cli.command("bench")
+@click.option("--engine", "engine_path", required=True, type=click.Path(path_type=Path), help="Engine folder.")
+@click.option("--size", default="256x256", show_default=True, help="LR image size HxW to time (tiled like upscale).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs first.")
+@click.option("--repeats", type=int, default=10, show_default=True, help="Timed runs.")
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results as JSON.")
+def bench_command(engine_path, size, warmup, repeats, threads, json_path):
+    """Latency (median, spread) and peak memory of the engine and its FP32 reference, measured in one run."""
+    from .engine.bench import as_dict, bench, parse_size
+
+    shape = parse_size(size)
+    if json_path is not None:
+        _check_writable(json_path)
+    bundle, results = bench(engine_path, shape, warmup, repeats, threads)
+    table = Table("", "backend", "median ms", "IQR ms", "peak memory MB", title=f"{bundle.path.name}: {size} LR image")
+    for r in results:
+        table.add_row(r.label, r.backend, f"{r.median_ms:.1f}", f"{r.iqr_ms:.1f}", f"{r.peak_memory_mb:.0f}")
+    _out.print(table)
+    payload = as_dict(bundle, shape, results)
+    ratio = f", memory {payload['memory_ratio']:.2f}x the reference's" if payload["memory_ratio"] else ""
+    _out.print(f"speedup over FP32: {payload['speedup']:.2f}x{ratio} ({results[1].memory_kind})", markup=False)
+    if json_path is not None:
+        write_atomic(json_path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,30 @@
-"""Writing files so that a reader never sees half of one: temp file beside the target, then rename."""
+"""Writing files so that a reader never sees half of one: temp file beside the target, then rename.
+
+``tempfile`` creates private files and folders (0600/0700); what is renamed into place gets the
+permissions a plain ``open``/``mkdir`` would have given it (0666/0777 less the umask).
+"""
 
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import HarmoqError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: Path) -> None:
+    """Give a temp file or folder the permissions a plain create would have."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def make_folder_public(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        make_public(path)
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
@@ -18,6 +38,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        make_public(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

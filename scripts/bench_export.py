@@ -23,7 +23,7 @@ import torch
 from benchlib import MODELS, RESULTS, machine, today
 
 from harmoq_deploy.calibrate import apply_artifact, calibrate, load_artifact, make_method, method_record, save_artifact
-from harmoq_deploy.data import describe_calibration, load_benchmark, sample_calibration_crops, to_rgb8, to_tensor
+from harmoq_deploy.data import describe_calibration, load_datasets, sample_calibration_crops, to_rgb8, to_tensor
 from harmoq_deploy.engine import Tiling, TorchRunner, run_tiled, validate_graph
 from harmoq_deploy.engine.validate import summarize
 from harmoq_deploy.eval import psnr_y
@@ -83,12 +83,12 @@ def run_config(name: str, bits: int, args) -> dict:
     tiling = Tiling(args.tile, args.overlap)
     start = time.perf_counter()
     float_model = load_model(shared_weights(MODELS[name])).module
-    reports = validate_graph(graph, model, float_model, source.scale, args.datasets, benchmarks_root(), tiling,
-                             threads=args.threads)
+    datasets = load_datasets(args.datasets, benchmarks_root(), source.scale)
+    reports = validate_graph(graph, model, float_model, source.scale, datasets, tiling, threads=args.threads)
     validate_seconds = time.perf_counter() - start
     summary = {k: v for k, v in summarize(reports, args.threshold).items() if k not in ("lines", "failure")}
 
-    pairs = [p for d in args.datasets for p in load_benchmark(benchmarks_root(), d, source.scale)]
+    pairs = [p for d in datasets.values() for p in d]
     torch.set_num_threads(args.other_threads)
     other_threads = _tiled_psnr(model, pairs, source.scale, tiling)
     torch.set_num_threads(args.threads)

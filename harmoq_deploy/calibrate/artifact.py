@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import HarmoqError, first_line
+from ..io import make_folder_public
 from ..models import LoadedModel
 from ..quant import QuantConfig, quantize_model, quantizers
 
@@ -86,6 +87,7 @@ def save_artifact(out_dir: str | Path, model: nn.Module, source: LoadedModel, co
     try:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         save_file(tensors, str(staging / TENSORS))
+        make_folder_public(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

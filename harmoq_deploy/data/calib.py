@@ -11,13 +11,14 @@ from .images import list_image_files, read_image_size, read_rgb8, to_tensor
 from .imresize import imresize
 
 
-def sample_calibration_crops(folder: Path, count: int, lr_patch: int, scale: int, seed: int) -> torch.Tensor:
+def sample_calibration_crops(folder: Path | list[Path], count: int, lr_patch: int, scale: int, seed: int) -> torch.Tensor:
     """``count`` LR patches ``[count, 3, lr_patch, lr_patch]`` in [0, 1], reproducible from ``seed``.
 
     Each patch is a random ``lr_patch * scale`` HR crop downscaled with MATLAB-exact bicubic
     on uint8, so calibration sees the same degradation (and rounding) as evaluation.
     Images are drawn in a seeded shuffled order, reshuffled each time all have been used, so
-    no image repeats before every other one has been used once.
+    no image repeats before every other one has been used once. ``folder`` may also be a list
+    of image files (e.g. ``bundled_photos()``).
     """
     _check_positive(count=count, lr_patch=lr_patch, scale=scale)
     hr_patch = lr_patch * scale
@@ -36,18 +37,18 @@ def sample_calibration_crops(folder: Path, count: int, lr_patch: int, scale: int
     return torch.cat(patches)
 
 
-def describe_calibration(folder: Path, count: int, lr_patch: int, scale: int, seed: int) -> dict:
+def describe_calibration(folder: Path | list[Path], count: int, lr_patch: int, scale: int, seed: int) -> dict:
     """What identifies a calibration set, for a build manifest.
 
     The fingerprint hashes the sorted file names and sizes: cheap, and it changes whenever
     an image is added, removed, renamed or re-encoded.
     """
-    files = list_image_files(folder, what="calibration folder")
+    files = _image_files(folder)
     fingerprint = hashlib.sha256()
     for path in files:
         fingerprint.update(f"{path.name}\t{path.stat().st_size}\n".encode())
     return {
-        "folder": str(Path(folder).resolve()),
+        "folder": str(Path(folder).resolve()) if isinstance(folder, (str, Path)) else str(files[0].parent.resolve()),
         "files": len(files),
         "files_sha256": fingerprint.hexdigest(),
         "count": count,
@@ -55,6 +56,14 @@ def describe_calibration(folder: Path, count: int, lr_patch: int, scale: int, se
         "scale": scale,
         "seed": seed,
     }
+
+
+def _image_files(folder: Path | list[Path]) -> list[Path]:
+    if isinstance(folder, (str, Path)):
+        return list_image_files(folder, what="calibration folder")
+    if not folder:
+        raise HarmoqError("no calibration images given")
+    return sorted(Path(p) for p in folder)
 
 
 def _check_positive(**values: int) -> None:
@@ -68,7 +77,7 @@ def _checked_files(folder: Path, hr_patch: int) -> list[Path]:
 
     Checking every file, not only the drawn ones, keeps the outcome independent of the seed.
     """
-    files = list_image_files(folder, what="calibration folder")
+    files = _image_files(folder)
     for path in files:
         height, width = read_image_size(path)
         if min(height, width) < hr_patch:

@@ -28,14 +28,14 @@ import onnx
 import torch
 from torch import nn
 
-from ..data import load_benchmark, to_tensor
+from ..data import ImagePair, to_rgb8, to_tensor, write_png
 from ..errors import HarmoqError
 from ..eval.metrics import psnr_y, ssim_y
 from ..export.points import PointGrid, point_grids
 from ..progress import progress_bar
 from ..quant import quantizers
 from .runners import OnnxRuntimeRunner, TorchRunner
-from .tiling import Tiling, run_tiled
+from .tiling import TileRunner, Tiling, run_tiled
 
 #: a differing code is a float tie when PyTorch's input lay this close (in steps) to the boundary
 TIE_TOLERANCE = 1e-3
@@ -146,14 +146,14 @@ class ValidationRunner:
         return np.concatenate(outputs)
 
 
+def _to_rgb8(image: np.ndarray) -> np.ndarray:
+    return to_rgb8(torch.from_numpy(image))
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (peak 1) between two SR outputs clamped to [0, 1], all pixels and channels."""
     mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
-
-
-def _rgb8(image: np.ndarray) -> np.ndarray:
-    return np.clip(image[0], 0, 1).transpose(1, 2, 0).__mul__(255).round().astype(np.uint8)
 
 
 @dataclass
@@ -177,18 +177,22 @@ class ImageReport:
         return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in row.items()}
 
 
-def validate_graph(graph: onnx.ModelProto, model: nn.Module, float_model: nn.Module, scale: int, datasets: list[str],
-                   data_root: Path, tiling: Tiling, threads: int | None = None) -> list[ImageReport]:
+def validate_graph(graph: onnx.ModelProto, model: nn.Module, float_model: nn.Module, scale: int,
+                   datasets: dict[str, list[ImagePair]], tiling: Tiling, threads: int | None = None,
+                   save_images: Path | None = None) -> list[ImageReport]:
     """Run ``graph``, the fake-quantized ``model`` and the original ``float_model`` over every
-    image of ``datasets``; one report per image."""
+    image of ``datasets`` (``load_datasets``); one report per image. ``save_images``: also write
+    the graph's SR outputs there as ``<dataset>/<image>.png``."""
     runner = ValidationRunner(graph, model, float_model, threads)
     reports = []
-    for dataset in datasets:
-        for pair in progress_bar(load_benchmark(data_root, dataset, scale), f"validating {dataset}"):
+    for dataset, pairs in datasets.items():
+        for pair in progress_bar(pairs, f"validating {dataset}"):
             runner.decisions = DecisionStats()
             out = run_tiled(runner, to_tensor(pair.lr).numpy(), scale, tiling)
             graph_out, probed, forced, free, fp32 = (out[:, s] for s in ValidationRunner.CHANNELS.values())
-            graph8, free8, forced8 = _rgb8(graph_out), _rgb8(free), _rgb8(forced)
+            graph8, free8, forced8 = _to_rgb8(graph_out), _to_rgb8(free), _to_rgb8(forced)
+            if save_images is not None:
+                write_png(save_images / dataset / f"{pair.name}.png", graph8)
             reports.append(ImageReport(
                 dataset=dataset, image=pair.name, parity_db=_psnr(probed, forced), free_parity_db=_psnr(graph_out, free),
                 vs_fp32_db=_psnr(graph_out, fp32), psnr=psnr_y(graph8, pair.hr, scale), ssim=ssim_y(graph8, pair.hr, scale),
@@ -227,3 +231,23 @@ def summarize(reports: list[ImageReport], threshold_db: float) -> dict:
         "validation " + ("passed" if summary["passed"] else "FAILED"),
     ]
     return summary
+
+
+def compare_engine(runner: TileRunner, model: nn.Module, float_model: nn.Module, scale: int,
+                   datasets: dict[str, list[ImagePair]], tiling: Tiling) -> list[dict]:
+    """Free-running comparison of any engine (TensorRT's, whose codes cannot be read out) with the
+    fake-quantized and the float PyTorch models: PSNR between outputs and against HR, per image."""
+    model_runner, float_runner = TorchRunner(model), TorchRunner(float_model)
+
+    def together(tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([runner(tiles), model_runner(tiles), float_runner(tiles)], axis=1)
+
+    rows = []
+    for dataset, pairs in datasets.items():
+        for pair in progress_bar(pairs, f"comparing on {dataset}"):
+            out = run_tiled(together, to_tensor(pair.lr).numpy(), scale, tiling)
+            engine, fake_quant, fp32 = out[:, :3], out[:, 3:6], out[:, 6:]
+            rows.append({"dataset": dataset, "image": pair.name, "free_parity_db": _psnr(engine, fake_quant),
+                         "vs_fp32_db": _psnr(engine, fp32), "psnr": psnr_y(_to_rgb8(engine), pair.hr, scale),
+                         "ssim": ssim_y(_to_rgb8(engine), pair.hr, scale)})
+    return rows

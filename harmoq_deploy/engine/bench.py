@@ -1,0 +1,119 @@
+"""``harmoq-build bench``: latency and peak memory of an engine against its FP32 reference, one run.
+
+Each measurement runs in a fresh spawned process, so its peak memory is its own: a whole image
+of ``size`` through the shared tiling, warm-up runs, then timed runs (median and interquartile
+range). On ONNX Runtime the reference is the FP32 graph kept in the engine folder, on the same
+provider and threads; peak memory is the process's peak resident set minus the resident set
+before the runner was created. On TensorRT the reference is that FP32 graph built by TensorRT
+in the same process, and memory is torch's CUDA peak plus the engine's own device memory
+(unverified here: no machine this ran on had TensorRT).
+"""
+
+import multiprocessing
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HarmoqError
+from .bundle import EngineBundle, open_bundle
+from .tiling import Tiling, run_tiled
+
+
+@dataclass
+class Measurement:
+    label: str
+    backend: str
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    peak_memory_mb: float
+    memory_kind: str
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _runner(bundle: EngineBundle, role: str, threads: int | None):
+    if bundle.backend == "tensorrt":
+        from .tensorrt import BuildSettings, TensorRTRunner, build_engine
+
+        if role == "engine":
+            return TensorRTRunner(bundle.file("engine").read_bytes())
+        engine, _ = build_engine(bundle.file("fp32_graph"), BuildSettings(tile=bundle.tile))
+        return TensorRTRunner(engine)
+    from .runners import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(bundle.file("engine" if role == "engine" else "fp32_graph"), threads)
+
+
+def _measure(path: str, role: str, size: tuple[int, int], warmup: int, repeats: int, threads: int | None) -> dict:
+    """Runs in a spawned process: time ``role`` (engine or fp32_graph) of the bundle at ``path``."""
+    bundle = open_bundle(Path(path))
+    before = _rss_mb()
+    runner = _runner(bundle, role, threads)
+    image = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+    tiling = Tiling(bundle.tile, bundle.overlap)
+    cuda = bundle.backend == "tensorrt"
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        run_tiled(runner, image, bundle.scale, tiling)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_tiled(runner, image, bundle.scale, tiling)
+        times.append((time.perf_counter() - start) * 1000)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    if cuda:
+        memory = (torch.cuda.max_memory_allocated() + runner.engine.device_memory_size) / 2**20
+        kind = "CUDA peak (torch buffers + engine device memory)"
+    else:
+        memory, kind = _rss_mb() - before, "peak resident set growth"
+    return {"median_ms": statistics.median(times), "iqr_ms": quartiles[2] - quartiles[0], "runs": repeats,
+            "peak_memory_mb": memory, "memory_kind": kind, "backend": bundle.backend,
+            "version": getattr(runner, "version", "")}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise HarmoqError(f"--size must look like 256x256, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise HarmoqError(f"--size must be positive, got {text!r}")
+    return height, width
+
+
+def bench(path: Path, size: tuple[int, int], warmup: int = 2, repeats: int = 10,
+          threads: int | None = None) -> tuple[EngineBundle, list[Measurement]]:
+    """Engine and FP32 reference measured one after the other, each in its own process."""
+    bundle = open_bundle(path)
+    if min(size) < bundle.tile:
+        raise HarmoqError(f"--size {size[0]}x{size[1]} is smaller than the engine's {bundle.tile}x{bundle.tile} tile; "
+                          f"benchmark at least one whole tile")
+    if warmup < 0 or repeats < 1:
+        raise HarmoqError("--warmup must be >= 0 and --repeats >= 1")
+    context = multiprocessing.get_context("spawn")
+    results = []
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for label, role in (("FP32 reference", "fp32_graph"), ("quantized engine", "engine")):
+            row = pool.apply(_measure, (str(path), role, size, warmup, repeats, threads))
+            results.append(Measurement(label=label, backend=f"{row['backend']} {row['version']}".strip(),
+                                       median_ms=row["median_ms"], iqr_ms=row["iqr_ms"], runs=row["runs"],
+                                       peak_memory_mb=row["peak_memory_mb"], memory_kind=row["memory_kind"]))
+    return bundle, results
+
+
+def as_dict(bundle: EngineBundle, size: tuple[int, int], results: list[Measurement]) -> dict:
+    reference, engine = results
+    return {"engine": str(bundle.path), "size": list(size), "tile": bundle.tile, "overlap": bundle.overlap,
+            "measurements": [asdict(r) for r in results],
+            "speedup": reference.median_ms / engine.median_ms,
+            "memory_ratio": engine.peak_memory_mb / reference.peak_memory_mb if reference.peak_memory_mb else None}

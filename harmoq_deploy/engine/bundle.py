@@ -1,0 +1,113 @@
+"""The engine folder: everything a deployment needs, sealed by a sidecar of file hashes.
+
+``engines/NAME/`` holds the engine (``model.plan`` for TensorRT; for ONNX Runtime the Q/DQ graph
+itself, which it compiles at load), the Q/DQ graph it came from (``model.onnx``), the float graph
+(``fp32.onnx``, the reference ``bench`` times alongside), the calibration artifact, and
+``report.json`` / ``report.md``. ``engine.json`` records the backend, the tiling, the scale and the
+sha256 of every other file; opening a folder checks them all, so a missing or altered file is
+refused. The folder is assembled in a temporary sibling and renamed into place.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HarmoqError
+from ..io import make_folder_public
+from ..models import file_sha256
+
+FORMAT, FORMAT_VERSION = "harmoq-engine", 1
+SIDECAR = "engine.json"
+
+
+@dataclass
+class EngineBundle:
+    path: Path
+    sidecar: dict
+
+    @property
+    def backend(self) -> str:
+        return self.sidecar["backend"]
+
+    @property
+    def scale(self) -> int:
+        return self.sidecar["scale"]
+
+    @property
+    def tile(self) -> int:
+        return self.sidecar["tile"]
+
+    @property
+    def overlap(self) -> int:
+        return self.sidecar["overlap"]
+
+    def file(self, role: str) -> Path:
+        return self.path / self.sidecar["roles"][role]
+
+    def runner(self, threads: int | None = None):
+        """The engine's TileRunner."""
+        if self.backend == "tensorrt":
+            from .tensorrt import TensorRTRunner
+
+            return TensorRTRunner(self.file("engine").read_bytes())
+        from .runners import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(self.file("engine"), threads)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != SIDECAR}
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """A fresh temporary folder beside ``out_dir`` to assemble the bundle in."""
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise HarmoqError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    except OSError as exc:
+        raise HarmoqError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+
+
+def seal(staging: Path, out_dir: Path, sidecar: dict) -> EngineBundle:
+    """Hash the staged files, write the sidecar and move the folder to ``out_dir`` (replacing it)."""
+    missing = [role for role, name in sidecar["roles"].items() if not (staging / name).exists()]
+    if missing:
+        raise HarmoqError(f"engine bundle is missing its {missing[0]} file")
+    sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, **sidecar, "files": _hashes(staging)}
+    (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    make_folder_public(staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return EngineBundle(out_dir, sidecar)
+
+
+def open_bundle(path: str | Path) -> EngineBundle:
+    """Open an engine folder after checking every file against the sidecar's sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HarmoqError(f"{path}: no such engine folder")
+    if not (path / SIDECAR).is_file():
+        raise HarmoqError(f"{path}: not an engine folder ({SIDECAR} is missing)")
+    try:
+        sidecar = json.loads((path / SIDECAR).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HarmoqError(f"{path}: {SIDECAR} is not valid JSON") from None
+    if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
+        raise HarmoqError(f"{path}: unsupported engine format {sidecar.get('format')!r} v{sidecar.get('format_version')!r}")
+    for name, digest in sidecar["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise HarmoqError(f"{path}: {name} is missing")
+        if file_sha256(file) != digest:
+            raise HarmoqError(f"{path}: {name} does not match the sha256 recorded at build time (altered or corrupted)")
+    extra = sorted(set(_hashes(path)) - set(sidecar["files"]))
+    if extra:
+        raise HarmoqError(f"{path}: {extra[0]} was not part of the built engine")
+    return EngineBundle(path, sidecar)
