@@ -214,17 +214,25 @@ def _check_writable(path: Path) -> None:
 @click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True, help="LR tile side the graph is fixed to.")
 @click.option("--dynamic", is_flag=True, help="Dynamic height/width instead of a fixed tile (only for "
                                               "architectures whose traced graph supports it).")
+@click.option("--format", "graph_format", type=click.Choice(["qdq", "plugin"]), default="qdq", show_default=True,
+              help="plugin: quantized Linear/1x1 layers become harmoq::LowBitLinear nodes with packed k-bit weights.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-def export_command(artifact, model_path, tile, dynamic, output):
+def export_command(artifact, model_path, tile, dynamic, graph_format, output):
     """Export a calibrated model to ONNX with TensorRT-legal Q/DQ (checked on every export)."""
-    from .export import export_calibrated, save_onnx
+    from .export import check_trt_rules, export_calibrated, save_onnx
+    from .export.plugin import to_plugin_graph
 
     _check_writable(output)
     loaded, source, model = _rebuild(artifact, model_path)
     graph = export_calibrated(model, loaded.manifest, None if dynamic else tile)
+    detail = ""
+    if graph_format == "plugin":
+        graph, converted = to_plugin_graph(graph)
+        check_trt_rules(graph)
+        detail = f", {converted} LowBitLinear layers"
     save_onnx(graph, output)
     quantized = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
-    _out.print(f"wrote {output} ({len(graph.graph.node)} nodes, {quantized} quantized activations, "
+    _out.print(f"wrote {output} ({len(graph.graph.node)} nodes, {quantized} quantized activations{detail}, "
                f"{'dynamic' if dynamic else f'{tile}x{tile}'} input, TensorRT rules: pass)", markup=False)
 
 

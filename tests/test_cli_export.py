@@ -112,3 +112,14 @@ def test_validate_bad_input(workspace, tmp_path, capsys):
     _bad(["validate", "--onnx", graph, "--artifact", other, *data], capsys, "exported from another checkpoint")
     _bad(["validate", "--onnx", graph, "--artifact", workspace["art"], *data, "--json", tmp_path / "no" / "r.json"],
          capsys, "does not exist")
+
+
+def test_export_plugin_format_validates_like_the_qdq_graph(workspace, tmp_path, capsys):
+    graph = tmp_path / "pan_plugin.onnx"
+    code, out, err = run(["export", "--artifact", workspace["art"], "--tile", 24, "--format", "plugin", "-o", graph], capsys)
+    assert code == 0, err
+    assert "LowBitLinear layers" in out and ", 0 LowBitLinear" not in out, "PAN's 1x1 convs are packed"
+    code, out, err = run(["validate", "--onnx", graph, "--artifact", workspace["art"], "--datasets", "Tiny",
+                          "--data-root", workspace["bench"], "--overlap", 4], capsys)
+    assert code == 0, err
+    assert "validation passed" in out
