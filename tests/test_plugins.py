@@ -131,3 +131,23 @@ def test_plugin_graph_equals_the_fake_quant_model_with_decisions_matched(swinir_
     with torch.no_grad(), forced_decisions(model, point_grids(model), dict(zip(names, outputs[1:])), stats):
         ours = model(crops[:1]).numpy()
     assert np.abs(outputs[0] - ours).max() < 1e-4 and stats.only_ties
+
+
+def test_reference_equals_a_calibrated_fake_quant_linear(swinir_graphs):
+    """The reference op on the codes the exporter writes reproduces QuantLinear's output."""
+    from harmoq_deploy.quant import QuantLinear
+
+    model, crops, *_ = swinir_graphs
+    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    grids = point_grids(model)
+    w_grid, x_grid = grids[f"{name}.weight_quantizer"], grids[f"{name}.input_quantizer"]
+    x = torch.randn(2, 9, layer.in_features, generator=torch.Generator().manual_seed(0))
+    codes_x = torch.from_numpy(x_grid.integers(x))
+    codes_w = w_grid.integers(layer.weight.detach())
+    w_hat = torch.from_numpy(codes_w.astype(np.float32)) * torch.from_numpy(w_grid.step)[:, None]
+    bias = layer.bias.detach() + w_hat.sum(dim=1) * float(x_grid.offset)  # the exporter's offset fold
+    y = lowbit_linear(codes_x, pack(codes_w, 3), 3, layer.in_features,
+                      torch.from_numpy(w_grid.step) * float(x_grid.step), bias)
+    with torch.no_grad():
+        expected = layer(x)
+    assert torch.allclose(y, expected, rtol=1e-4, atol=1e-4)
