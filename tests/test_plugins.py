@@ -151,3 +151,37 @@ def test_reference_equals_a_calibrated_fake_quant_linear(swinir_graphs):
     with torch.no_grad():
         expected = layer(x)
     assert torch.allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+_TRITON_CHECK = """
+import numpy as np, torch
+from harmoq_deploy.plugins.packing import code_range, pack
+from harmoq_deploy.plugins.reference import lowbit_linear
+from harmoq_deploy.plugins.triton_kernel import lowbit_linear_triton
+rng = np.random.default_rng(0)
+for bits, (rows, length, cols) in [(2, (5, 70, 9)), (3, (33, 45, 17)), (4, (8, 96, 64)), (3, (1, 11, 3))]:
+    low, high = code_range(bits)
+    codes = rng.integers(low, high + 1, (cols, length))
+    x = torch.from_numpy(rng.integers(-7, 8, (rows, length)).astype(np.int8))
+    scale, bias = torch.rand(cols), torch.randn(cols)
+    words = pack(codes, bits)
+    expected = lowbit_linear(x, words, bits, length, scale, bias)
+    got = lowbit_linear_triton(x, torch.from_numpy(words), bits, length, scale, bias, block_m=16, block_n=16, block_k=16)
+    assert torch.equal(got, expected), (bits, (got - expected).abs().max())
+    q = lowbit_linear_triton(x, torch.from_numpy(words), bits, length, scale, bias, out_scale=0.3, out_bits=3,
+                             block_m=16, block_n=16, block_k=16)
+    assert torch.equal(q, lowbit_linear(x, words, bits, length, scale, bias, out_scale=0.3, out_bits=3)), bits
+print("ok")
+"""
+
+
+def test_triton_kernel_equals_the_reference_in_interpreter_mode():
+    """Runs where Triton is installed (its interpreter executes the kernel on the CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
