@@ -51,12 +51,14 @@ def _artifact(name: str, bits: int, args) -> tuple[object, float]:
     config = QuantConfig(wbits=bits, abits=bits, target="tensorrt")
     crops = sample_calibration_crops(calib_root(), args.crops, args.patch, source.scale, 0)
     start = time.perf_counter()
-    calibrated = calibrate(source, config, method, crops, checkpoint=RUNS / f".{folder.name}.checkpoint.pt")
+    checkpoint = RUNS / f".{folder.name}.checkpoint.pt"
+    calibrated = calibrate(source, config, method, crops, checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     save_artifact(folder, calibrated.model, source, config, method_record(method, calibrated),
                   describe_calibration(calib_root(), args.crops, args.patch, source.scale, 0), 0,
                   corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
     write_atomic(timing, f"{seconds:.1f}\n".encode())
+    checkpoint.unlink(missing_ok=True)
     return load_artifact(folder), seconds
 
 

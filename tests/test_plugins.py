@@ -185,3 +185,20 @@ def test_triton_kernel_equals_the_reference_in_interpreter_mode():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_lowbit_runtime_layers_equal_their_fake_quant_layers(swinir_graphs):
+    import copy
+
+    from harmoq_deploy.plugins.torch_op import LowBitLinear, to_lowbit_runtime
+    from harmoq_deploy.quant import QuantLinear
+
+    model, crops, *_ = swinir_graphs
+    runtime, replaced = to_lowbit_runtime(copy.deepcopy(model))
+    assert replaced == 96 and not any(isinstance(m, QuantLinear) for m in runtime.modules())
+    name = next(n for n, m in runtime.named_modules() if isinstance(m, LowBitLinear))
+    x = torch.randn(3, 7, runtime.get_submodule(name).in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(runtime.get_submodule(name)(x), model.get_submodule(name)(x), rtol=1e-4, atol=1e-4)
+        out = runtime(crops[:1])
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
