@@ -104,6 +104,15 @@ def _logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
+def uses_lowbit_plugin(onnx_path: Path) -> bool:
+    """Whether the graph has ``harmoq::LowBitLinear`` nodes (plugin format) that need the plugin registered."""
+    import onnx
+
+    from ..plugins.onnx_function import OP
+
+    return any(node.op_type == OP for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+
+
 def build_engine(onnx_path: Path, settings: BuildSettings) -> tuple[bytes, dict]:
     """Build a serialized engine from an exported graph; returns it and the choices made."""
     trt = _tensorrt()
@@ -111,6 +120,10 @@ def build_engine(onnx_path: Path, settings: BuildSettings) -> tuple[bytes, dict]
     choices = config_choices(settings, major)
     logger = _logger(trt)
     trt.init_libnvinfer_plugins(logger, "")
+    if uses_lowbit_plugin(onnx_path):
+        from ..plugins.tensorrt_plugin import register
+
+        register()
     builder = trt.Builder(logger)
     flags = 0
     if choices["strongly_typed_flag"]:
@@ -142,10 +155,14 @@ class TensorRTRunner:
 
     backend = "tensorrt"
 
-    def __init__(self, engine_bytes: bytes):
+    def __init__(self, engine_bytes: bytes, lowbit_plugin: bool = False):
         import torch
 
         trt = _tensorrt()
+        if lowbit_plugin:
+            from ..plugins.tensorrt_plugin import register
+
+            register()
         self._torch = torch
         self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)

@@ -20,9 +20,10 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def lowbit_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, words, out_scale,
-                             BITS: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_MAX: tl.constexpr,
+    def lowbit_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, M, N, K, words, y_ptr,
+                             BITS: tl.constexpr, OUT_SCALE: tl.constexpr, OUT_MAX: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # argument order (inputs, integer scalars, output) is the one TensorRT's AOT plugins launch with
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -45,8 +46,8 @@ def _kernel():
         bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0)
         y = acc.to(tl.float32) * scale[None, :] + bias[None, :]
         mask = (rows[:, None] < M) & (cols[None, :] < N)
-        if OUT_QUANT:
-            scaled = y / out_scale
+        if OUT_SCALE > 0:
+            scaled = y / OUT_SCALE
             nearest = tl.floor(scaled + 0.5)
             # half to even, as torch.round: a tie rounded up to an odd integer goes down instead
             nearest = tl.where(((nearest - scaled) == 0.5) & (nearest % 2 != 0), nearest - 1, nearest)
@@ -61,6 +62,13 @@ def _kernel():
 _compiled = []
 
 
+def kernel():
+    """The ``@triton.jit`` kernel (compiled on first use; TensorRT's AOT plugin compiles it to PTX)."""
+    if not _compiled:
+        _compiled.append(_kernel())
+    return _compiled[0]
+
+
 def lowbit_linear_triton(x_codes: torch.Tensor, packed: torch.Tensor, bits: int, in_features: int,
                          scale: torch.Tensor, bias: torch.Tensor, out_scale: float = 0.0, out_bits: int = 8,
                          block_m: int = 64, block_n: int = 64, block_k: int = 32) -> torch.Tensor:
@@ -68,14 +76,12 @@ def lowbit_linear_triton(x_codes: torch.Tensor, packed: torch.Tensor, bits: int,
     (``packed`` as a tensor on the device)."""
     import triton
 
-    if not _compiled:
-        _compiled.append(_kernel())
     shape = x_codes.shape
     x = x_codes.reshape(-1, in_features).contiguous()
     rows, cols = x.shape[0], packed.shape[0]
     y = torch.empty((rows, cols), dtype=torch.int8 if out_scale else torch.float32, device=x.device)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
-    _compiled[0][grid](x, packed.contiguous(), scale.float().contiguous(), bias.float().contiguous(), y, rows, cols,
-                       in_features, packed.shape[1], float(out_scale or 1.0), BITS=bits, OUT_QUANT=bool(out_scale),
+    kernel()[grid](x, packed.contiguous(), scale.float().contiguous(), bias.float().contiguous(), rows, cols,
+                       in_features, packed.shape[1], y, BITS=bits, OUT_SCALE=float(out_scale),
                        OUT_MAX=2 ** (out_bits - 1) - 1, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y.reshape(*shape[:-1], cols)
