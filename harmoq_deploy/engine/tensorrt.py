@@ -155,14 +155,10 @@ class TensorRTRunner:
 
     backend = "tensorrt"
 
-    def __init__(self, engine_bytes: bytes, lowbit_plugin: bool = False):
+    def __init__(self, engine_bytes: bytes):
         import torch
 
         trt = _tensorrt()
-        if lowbit_plugin:
-            from ..plugins.tensorrt_plugin import register
-
-            register()
         self._torch = torch
         self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
