@@ -303,7 +303,8 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
 @click.option("--method", default="harmoq", show_default=True, help="Calibration method: " + METHOD_HELP)
 @click.option("--artifact", type=click.Path(path_type=Path), help="Reuse this calibration artifact instead of calibrating.")
 @click.option("--backend", default="auto", show_default=True,
-              help="auto (TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime), tensorrt or onnxruntime.")
+              help="auto (TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime), tensorrt, onnxruntime, "
+                   "or torch (the PyTorch low-bit runtime: packed k-bit Linear layers on Triton kernels).")
 @click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True, help="LR tile side the engine runs.")
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="LR pixels shared by neighbouring tiles.")
 @click.option("--calib", type=click.Path(path_type=Path),

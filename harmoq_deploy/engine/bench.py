@@ -6,7 +6,8 @@ range). On ONNX Runtime the reference is the FP32 graph kept in the engine folde
 provider and threads; peak memory is the process's peak resident set minus the resident set
 before the runner was created. On TensorRT the reference is that FP32 graph built by TensorRT
 in the same process, and memory is torch's CUDA peak plus the engine's own device memory
-(unverified here: no machine this ran on had TensorRT).
+(unverified here: no machine this ran on had TensorRT). On the PyTorch low-bit runtime the
+reference is the float checkpoint in PyTorch eager on the same device.
 """
 
 import multiprocessing
@@ -34,11 +35,24 @@ class Measurement:
     memory_kind: str
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _runner(bundle: EngineBundle, role: str, threads: int | None):
+    if bundle.backend == "torch":
+        from ..models import load_model
+        from .runners import TorchRunner
+
+        if role == "engine":
+            return bundle.runner()
+        return TorchRunner(load_model(bundle.source_checkpoint()).module, "cuda" if _cuda() else "cpu")
     if bundle.backend == "tensorrt":
         from .tensorrt import BuildSettings, TensorRTRunner, build_engine
 
@@ -58,7 +72,7 @@ def _measure(path: str, role: str, size: tuple[int, int], warmup: int, repeats: 
     runner = _runner(bundle, role, threads)
     image = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
     tiling = Tiling(bundle.tile, bundle.overlap)
-    cuda = bundle.backend == "tensorrt"
+    cuda = bundle.backend == "tensorrt" or (bundle.backend == "torch" and _cuda())
     if cuda:
         import torch
 
@@ -72,8 +86,9 @@ def _measure(path: str, role: str, size: tuple[int, int], warmup: int, repeats: 
         times.append((time.perf_counter() - start) * 1000)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     if cuda:
-        memory = (torch.cuda.max_memory_allocated() + runner.engine.device_memory_size) / 2**20
-        kind = "CUDA peak (torch buffers + engine device memory)"
+        engine_memory = runner.engine.device_memory_size if bundle.backend == "tensorrt" else 0
+        memory = (torch.cuda.max_memory_allocated() + engine_memory) / 2**20
+        kind = "CUDA peak (torch allocations + TensorRT engine device memory)"
     else:
         memory, kind = _rss_mb() - before, "peak resident set growth"
     return {"median_ms": statistics.median(times), "iqr_ms": quartiles[2] - quartiles[0], "runs": repeats,

@@ -49,6 +49,10 @@ class EngineBundle:
 
     def runner(self, threads: int | None = None):
         """The engine's TileRunner."""
+        if self.backend == "torch":
+            from .runners import LowBitTorchRunner
+
+            return LowBitTorchRunner(self.file("engine"), self.source_checkpoint())
         if self.backend == "tensorrt":
             from .tensorrt import TensorRTRunner
 
@@ -56,6 +60,15 @@ class EngineBundle:
         from .runners import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(self.file("engine"), threads)
+
+
+    def source_checkpoint(self) -> Path:
+        """The checkpoint the engine was built from (the PyTorch runtime rebuilds the model from it)."""
+        path = Path(self.sidecar["source_path"])
+        if not path.is_file() or file_sha256(path) != self.sidecar["source_sha256"]:
+            raise HarmoqError(f"{self.path}: the torch backend needs the checkpoint it was built from, "
+                              f"{path} (sha256 {self.sidecar['source_sha256'][:12]}...), which is missing or changed")
+        return path
 
 
 def _hashes(folder: Path) -> dict[str, str]:

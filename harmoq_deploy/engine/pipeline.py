@@ -29,7 +29,7 @@ from .tensorrt import BuildSettings, build_engine, tensorrt_status
 from .tiling import Tiling
 from .validate import ImageReport, compare_engine, summarize, validate_graph
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 @dataclass
@@ -63,6 +63,10 @@ def choose_backend(requested: str) -> tuple[str, str]:
         raise HarmoqError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "onnxruntime":
         return "onnxruntime", "ONNX Runtime (CPU) as requested"
+    if requested == "torch":
+        if torch.cuda.is_available():
+            return "torch", f"PyTorch low-bit runtime (Triton kernels) on {torch.cuda.get_device_name()}, as requested"
+        return "torch", "PyTorch low-bit runtime as requested; no CUDA GPU here, so on the CPU with the reference kernels"
     available, reason = tensorrt_status()
     if requested == "tensorrt":
         if not available:
@@ -159,10 +163,10 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
             if not summary["passed"]:
                 raise HarmoqError(f"validation failed, no engine written: {summary['failure']}")
             engine_rows = None
-            if backend == "tensorrt":
-                engine_rows = compare_engine(_bundle_runner(staging, roles), model, float_model, source.scale,
-                                             datasets, tiling)
-                say(f"TensorRT engine: mean PSNR {np.mean([r['psnr'] for r in engine_rows]):.3f}, free-running "
+            if backend != "onnxruntime":
+                engine_rows = compare_engine(_engine_runner(backend, staging, roles, request), model, float_model,
+                                             source.scale, datasets, tiling)
+                say(f"{backend} engine: mean PSNR {np.mean([r['psnr'] for r in engine_rows]):.3f}, free-running "
                     f"parity with PyTorch min {min(r['free_parity_db'] for r in engine_rows):.1f} dB")
             seconds["validate"] = time.perf_counter() - start
             tracker.done()
@@ -174,7 +178,7 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
         (staging / "report.md").write_text(report_markdown(report))
         sidecar = {"backend": backend, "scale": source.scale, "tile": request.tile, "overlap": request.overlap,
                    "input": graph.graph.input[0].name, "output": graph.graph.output[0].name, "roles": roles,
-                   "source_sha256": source.sha256, "created": report["created"]}
+                   "source_path": str(source.path), "source_sha256": source.sha256, "created": report["created"]}
         bundle = seal(staging, request.output, sidecar)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,6 +187,12 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
 
 def _build(backend: str, staging: Path, request: EngineRequest, roles: dict) -> dict:
     """Make the engine file in ``staging`` and name it in ``roles``."""
+    if backend == "torch":
+        from .runners import LowBitTorchRunner
+
+        runner = LowBitTorchRunner(staging / "artifact", request.model_path)
+        roles["engine"] = "artifact"
+        return {"torch": torch.__version__, "device": runner.device, "lowbit_layers": runner.lowbit_layers}
     if backend == "tensorrt":
         settings = BuildSettings(tile=request.tile, hardware_compatibility=request.hardware_compatibility,
                                  timing_cache=request.timing_cache)
@@ -199,7 +209,12 @@ def _build(backend: str, staging: Path, request: EngineRequest, roles: dict) -> 
     return {"onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"]}
 
 
-def _bundle_runner(staging: Path, roles: dict):
+def _engine_runner(backend: str, staging: Path, roles: dict, request: EngineRequest):
+    """The runner of a staged engine that is not ONNX Runtime's (compared free-running with PyTorch)."""
+    if backend == "torch":
+        from .runners import LowBitTorchRunner
+
+        return LowBitTorchRunner(staging / roles["engine"], request.model_path)
     from .tensorrt import TensorRTRunner
 
     return TensorRTRunner((staging / roles["engine"]).read_bytes())
@@ -210,7 +225,8 @@ def _report(request, source, artifact, graph: onnx.ModelProto, backend, reason, 
     import harmoq_deploy
 
     scale, tile = source.scale, tiling.tile
-    device = describe_cpu() if backend == "onnxruntime" else torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if backend == "tensorrt" or (backend == "torch" and torch.cuda.is_available()) \
+        else describe_cpu()
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "harmoq_deploy": harmoq_deploy.__version__,

@@ -80,3 +80,19 @@ class OnnxRuntimeRunner:
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         return self.run_all(tiles)[0]
+
+
+class LowBitTorchRunner(TorchRunner):
+    """The calibrated model with its Linear layers on packed k-bit weights (``torch.ops.harmoq``):
+    Triton kernels on a CUDA GPU, the reference kernels on the CPU."""
+
+    backend = "torch"
+
+    def __init__(self, artifact_path: Path, checkpoint: Path):
+        from ..calibrate import apply_artifact, load_artifact
+        from ..models import load_model
+        from ..plugins.torch_op import to_lowbit_runtime
+
+        model = apply_artifact(load_artifact(artifact_path), load_model(checkpoint))
+        runtime, self.lowbit_layers = to_lowbit_runtime(model)
+        super().__init__(runtime, "cuda" if torch.cuda.is_available() else "cpu")
