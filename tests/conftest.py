@@ -30,3 +30,25 @@ def swinir_light_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("swinir") / "swinir_light_x2_random.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def shared_module():
+    """``shared`` for module-scoped fixtures."""
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data folder {root} not found (set HARMOQ_SHARED)")
+    return root
+
+
+def tiny_benchmark(shared, root, names, rows, cols):
+    """A benchmark folder ``root/Tiny/HR`` of crops ``[rows, cols]`` of Set5 images (LR made in code)."""
+    import numpy as np
+    from PIL import Image
+
+    hr = root / "Tiny" / "HR"
+    hr.mkdir(parents=True)
+    for name in names:
+        image = np.asarray(Image.open(shared / "data" / "benchmarks" / "Set5" / "HR" / f"{name}.png").convert("RGB"))
+        Image.fromarray(image[rows, cols]).save(hr / f"{name}.png")
+    return root

@@ -2,11 +2,10 @@
 
 import json
 
-import numpy as np
 import onnx
 import pytest
+from conftest import tiny_benchmark
 from onnx import numpy_helper
-from PIL import Image
 
 from harmoq_deploy.cli import main
 
@@ -25,19 +24,11 @@ def _bad(argv, capsys, match):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, shared_module):
     """A W3A3 --target tensorrt artifact of PAN x2 and a two-image benchmark of Set5 crops."""
-    from harmoq_deploy.paths import shared_root
-
-    shared = shared_root()
-    if not shared.is_dir():
-        pytest.skip("shared data folder not found")
+    shared = shared_module
     root = tmp_path_factory.mktemp("export_cli")
-    hr = root / "bench" / "Tiny" / "HR"
-    hr.mkdir(parents=True)
-    for name in ("baby", "butterfly"):
-        img = np.asarray(Image.open(shared / "data" / "benchmarks" / "Set5" / "HR" / f"{name}.png").convert("RGB"))
-        Image.fromarray(img[64:112, 64:120]).save(hr / f"{name}.png")
+    tiny_benchmark(shared, root / "bench", ("baby", "butterfly"), slice(64, 112), slice(64, 120))
     model = shared / "weights" / "PANx2_DF2K.pth"
     assert main(["calibrate", "--model", str(model), "--method", "minmax", "--bits", "3", "--target", "tensorrt",
                  "--calib", str(shared / "data" / "calib" / "DIV2K_valid_crop256"), "--crops", "4", "--patch", "16",

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_benchmark
 from PIL import Image
 
 from harmoq_deploy.cli import main
@@ -32,19 +33,11 @@ def _bad(argv, capsys, match):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, shared_module):
     """A W3A3 PAN x2 engine built by the CLI with the bundled calibration photographs."""
-    from harmoq_deploy.paths import shared_root
-
-    shared = shared_root()
-    if not shared.is_dir():
-        pytest.skip("shared data folder not found")
+    shared = shared_module
     root = tmp_path_factory.mktemp("engine")
-    hr = root / "bench" / "Tiny" / "HR"
-    hr.mkdir(parents=True)
-    for name in ("baby", "bird"):
-        img = np.asarray(Image.open(shared / "data" / "benchmarks" / "Set5" / "HR" / f"{name}.png").convert("RGB"))
-        Image.fromarray(img[40:104, 30:100]).save(hr / f"{name}.png")
+    tiny_benchmark(shared, root / "bench", ("baby", "bird"), slice(40, 104), slice(30, 100))
     engines = root / "engines"
     engines.mkdir()
     argv = ["engine", "--model", shared / "weights" / "PANx2_DF2K.pth", "--bits", 3, "--method", "minmax",
