@@ -45,7 +45,8 @@ def _artifact(name: str, bits: int, args) -> tuple[object, float]:
     timing = RUNS / f"{folder.name}.seconds"
     if (folder / "manifest.json").is_file() and timing.is_file():
         artifact = load_artifact(folder)
-        if artifact.manifest["method"]["settings"] == method_record(method)["settings"]:
+        # compared as JSON: the manifest stores tuples as lists
+        if artifact.manifest["method"]["settings"] == json.loads(json.dumps(method_record(method)["settings"])):
             return artifact, float(timing.read_text())
     source = load_model(shared_weights(MODELS[name]))
     config = QuantConfig(wbits=bits, abits=bits, target="tensorrt")
@@ -177,7 +178,8 @@ def main() -> None:
                      f"overlap {args.overlap}, TensorRT rules checked at export. Datasets: {', '.join(args.datasets)}. "
                      "Parity: PSNR (peak 1, RGB, all pixels) between the graph's output and PyTorch's output with the "
                      "graph's k-bit codes (decisions matched); a code may differ only by one step at a float tie "
-                     f"(within 1e-3 steps of a rounding boundary). Threshold {args.threshold:g} dB. PSNR columns: "
+                     "(within 1e-3 steps of a rounding boundary, or 1e-5 of the bounds' magnitude for a quantizer "
+                     f"whose range has collapsed). Threshold {args.threshold:g} dB. PSNR columns: "
                      "mean PSNR-Y against HR, the standard protocol."),
         "notes": ("Free-running columns compare two runs that decide rounding ties independently; at 2-4 bits one "
                   "different tie moves later values across further boundaries, so free-running outputs drift apart "

@@ -11,8 +11,10 @@ measured with the decisions matched:
 2. the fake-quantized PyTorch model runs on the same tile with each quantizer returning the
    graph's codes instead of its own, after recording its own codes and how far its input was
    from a rounding boundary;
-3. **parity** is the PSNR between the two outputs (of the graph with its codes exposed); the codes may differ only by one step, and
-   only where PyTorch's input was within ``TIE_TOLERANCE`` steps of a boundary (a float tie).
+3. **parity** is the PSNR between the two outputs (of the graph with its codes exposed); the codes
+   may differ only by one step, and only where PyTorch's input lay within float noise of a
+   boundary (a float tie): ``TIE_TOLERANCE`` steps, or ``RELATIVE_TIE`` of the larger bound's
+   magnitude for quantizers whose range has collapsed to a few float ulps.
 
 The free-running comparison is reported too (``free_parity_db``), as are the graph's output
 against the float model and against HR (the usual metric, next to PyTorch's).
@@ -37,8 +39,10 @@ from ..quant import quantizers
 from .runners import OnnxRuntimeRunner, TorchRunner
 from .tiling import TileRunner, Tiling, run_tiled
 
-#: a differing code is a float tie when PyTorch's input lay this close (in steps) to the boundary
+#: a differing code is a float tie when PyTorch's input lay this close (in steps) to the boundary,
 TIE_TOLERANCE = 1e-3
+#: or this close relative to the magnitude of the quantizer's bounds (float32 resolution there)
+RELATIVE_TIE = 1e-5
 _QUANTIZE_SUFFIX = "/QuantizeLinear"
 
 
@@ -63,19 +67,25 @@ class DecisionStats:
 
     codes: int = 0
     differing: int = 0
+    #: differing codes whose input was farther from the boundary than float noise explains
+    untied: int = 0
     largest_step_difference: int = 0
     #: of the differing codes, the farthest PyTorch's input lay from a rounding boundary (steps)
     widest_tie: float = 0.0
+    #: the quantizer where that was
+    widest_tie_at: str = ""
 
     def add(self, other: "DecisionStats") -> None:
         self.codes += other.codes
         self.differing += other.differing
+        self.untied += other.untied
         self.largest_step_difference = max(self.largest_step_difference, other.largest_step_difference)
-        self.widest_tie = max(self.widest_tie, other.widest_tie)
+        if other.widest_tie > self.widest_tie:
+            self.widest_tie, self.widest_tie_at = other.widest_tie, other.widest_tie_at
 
     @property
     def only_ties(self) -> bool:
-        return self.largest_step_difference <= 1 and self.widest_tie <= TIE_TOLERANCE
+        return self.largest_step_difference <= 1 and self.untied == 0
 
 
 @contextmanager
@@ -95,13 +105,18 @@ def forced_decisions(model: nn.Module, grids: dict[str, PointGrid], codes: dict[
         if theirs.shape != x.shape:
             raise HarmoqError(f"{name}: the graph quantized a {tuple(theirs.shape)} tensor, PyTorch a {tuple(x.shape)}")
         lower, upper = (q._broadcast(b, x) for b in q.bounds())
-        position = (torch.clamp(x, lower, upper) - lower) / q._broadcast(q.step(), x)
+        step = q._broadcast(q.step(), x)
+        position = (torch.clamp(x, lower, upper) - lower) / step
         ours = torch.round(position).to(torch.int32) + grid.qmin
         differ = ours != theirs
         local = DecisionStats(codes=ours.numel(), differing=int(differ.sum()))
         if local.differing:
+            gap = (position - position.floor() - 0.5).abs()
+            tolerance = torch.maximum(TIE_TOLERANCE * step, RELATIVE_TIE * torch.maximum(lower.abs(), upper.abs()))
+            local.untied = int((differ & (gap * step > tolerance)).sum())
             local.largest_step_difference = int((ours - theirs).abs().max())
-            local.widest_tie = float((position - position.floor() - 0.5).abs()[differ].max())
+            local.widest_tie = float(gap[differ].max())
+            local.widest_tie_at = name
         stats.add(local)
         return (torch.from_numpy(grid.offset).to(x) + torch.from_numpy(grid.step).to(x) * theirs.to(x))
 
