@@ -3,8 +3,11 @@
 Inside ``stages(...)`` (a multi-stage command such as ``harmoq-build engine``) there is one live
 display: a line for the stage being run and, under it, the bars of that stage's loops. Rich
 allows one live display at a time, so loops join the open display instead of starting their own.
+Without a terminal (a log file, a pipe) a long command would otherwise say nothing for minutes,
+so each stage's start is printed as a plain line on stdout instead; stderr stays for errors.
 """
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -15,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 _console = Console(stderr=True)
+_log = Console(soft_wrap=True)
 _open: list[Progress] = []
 
 
@@ -42,11 +46,14 @@ def progress_bar(items: Iterable[T], description: str, total: int | None = None)
 class StageTracker:
     """Advances the stage line of an open ``stages`` display."""
 
-    def __init__(self, progress: Progress, task):
-        self._progress, self._task = progress, task
+    def __init__(self, progress: Progress, task, count: int):
+        self._progress, self._task, self._count, self._started = progress, task, count, 0
 
     def start(self, name: str) -> None:
+        self._started += 1
         self._progress.update(self._task, description=f"[bold]{name}")
+        if not _console.is_terminal:
+            _log.print(f"stage {self._started}/{self._count}: {name} ({time.strftime('%H:%M:%S')})", highlight=False)
 
     def done(self) -> None:
         self._progress.advance(self._task)
@@ -58,6 +65,6 @@ def stages(count: int) -> Iterator[StageTracker]:
     with _progress() as progress:
         _open.append(progress)
         try:
-            yield StageTracker(progress, progress.add_task("starting", total=count))
+            yield StageTracker(progress, progress.add_task("starting", total=count), count)
         finally:
             _open.pop()
