@@ -4,7 +4,8 @@ For each model and bit width (artifacts from scripts/bench_export.py when presen
 MinMax calibration, --target tensorrt): the FP32, Q/DQ and plugin graphs at ``--tile``; their file
 sizes and the weight bytes of the layers the plugin packs; then, on the centre tile of every Set5
 image, each quantized graph with its decisions matched to PyTorch (parity, codes differing) and
-the plugin graph against the Q/DQ graph free-running.
+the plugin graph against the Q/DQ graph free-running (an image smaller than the tile is reflect-padded
+up to it, as the engines do).
 
     .venv/bin/python scripts/bench_plugin.py
 """
@@ -19,6 +20,7 @@ from benchlib import MODELS, RESULTS, today
 from harmoq_deploy.calibrate import apply_artifact, calibrate, load_artifact, make_method
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops, to_tensor
 from harmoq_deploy.engine import OnnxRuntimeRunner
+from harmoq_deploy.engine.tiling import pad_to_tile
 from harmoq_deploy.engine.validate import DecisionStats, forced_decisions, with_code_outputs
 from harmoq_deploy.export import export_calibrated, point_grids, to_float_graph
 from harmoq_deploy.export.plugin import to_plugin_graph
@@ -73,7 +75,7 @@ def run(name: str, bits: int, tile_side: int) -> dict:
            "packed_layer_weights": weights, "packed_fp32_bytes": weights * 4, "packed_qdq_bytes": weights,
            "packed_plugin_bytes": int(packed_bytes), "tiles": []}
     for pair in load_benchmark(benchmarks_root(), "Set5", source.scale):
-        lr = to_tensor(pair.lr).numpy()
+        lr = pad_to_tile(to_tensor(pair.lr).numpy(), tile_side)
         top, left = (lr.shape[2] - tile_side) // 2, (lr.shape[3] - tile_side) // 2
         tile = np.ascontiguousarray(lr[:, :, top:top + tile_side, left:left + tile_side])
         qdq_parity, qdq_stats = _matched_parity(qdq, model, tile)
@@ -114,7 +116,7 @@ def main() -> None:
                      f"{r['packed_qdq_bytes'] / 1e3:.0f} / {r['packed_plugin_bytes'] / 1e3:.0f} | "
                      f"{r['packed_plugin_bytes'] / r['packed_fp32_bytes']:.3f} | {r['fp32_onnx_bytes'] / mb:.2f} / "
                      f"{r['qdq_onnx_bytes'] / mb:.2f} / {r['plugin_onnx_bytes'] / mb:.2f} |")
-    lines += ["", "## Set5 centre tiles: each graph against PyTorch with decisions matched (parity dB), and plugin "
+    lines += ["", "## Set5 centre tiles (images smaller than the tile reflect-padded): each graph against PyTorch with decisions matched (parity dB), and plugin "
               "against Q/DQ free-running", "",
               "| model | bits | image | Q/DQ parity | plugin parity | codes differing (plugin) | plugin vs Q/DQ free |",
               "|---|---|---|---|---|---|---|"]

@@ -53,7 +53,7 @@ def _ramp(size: int, fade: int, fade_start: bool, fade_end: bool) -> np.ndarray:
     return weights
 
 
-def _pad_to_tile(image: np.ndarray, tile: int) -> np.ndarray:
+def pad_to_tile(image: np.ndarray, tile: int) -> np.ndarray:
     """Reflect-pad ``[1, 3, H, W]`` at the bottom/right so both sides are at least ``tile``."""
     pad_h, pad_w = max(0, tile - image.shape[2]), max(0, tile - image.shape[3])
     if not (pad_h or pad_w):
@@ -75,7 +75,7 @@ def run_tiled(run: TileRunner, image: np.ndarray, scale: int, tiling: Tiling, ba
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError(f"run_tiled expects a [1, 3, H, W] image, got {image.shape}")
     height, width = image.shape[2:]
-    padded = _pad_to_tile(np.ascontiguousarray(image, np.float32), tiling.tile)
+    padded = pad_to_tile(np.ascontiguousarray(image, np.float32), tiling.tile)
     tops, lefts = tiling.starts(padded.shape[2]), tiling.starts(padded.shape[3])
     out_tile = tiling.tile * scale
     fade = tiling.overlap * scale
