@@ -52,3 +52,21 @@ def tiny_benchmark(shared, root, names, rows, cols):
         image = np.asarray(Image.open(shared / "data" / "benchmarks" / "Set5" / "HR" / f"{name}.png").convert("RGB"))
         Image.fromarray(image[rows, cols]).save(hr / f"{name}.png")
     return root
+
+
+def run_cli(argv, capsys):
+    """``harmoq-build argv`` in-process: exit code, stdout, stderr."""
+    from harmoq_deploy.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(argv, capsys, match):
+    """Asserts ``argv`` fails with a non-zero exit and one ``error:`` line containing ``match``, no traceback."""
+    code, _, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]

@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import one_line_error, run_cli
 from PIL import Image
 
-from harmoq_deploy.cli import main
 
 
 @pytest.fixture
@@ -23,16 +23,10 @@ def tiny_benchmarks(shared, tmp_path):
     return root
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_eval_fp_writes_the_documented_json(shared, tiny_benchmarks, tmp_path, capsys):
     out_json = tmp_path / "scores.json"
-    code, out, err = run(["eval", "--model", shared / "weights" / "PANx2_DF2K.pth", "--method", "fp",
-                          "--datasets", "Tiny", "--data-root", tiny_benchmarks, "--json", out_json], capsys)
+    code, out, err = run_cli(["eval", "--model", shared / "weights" / "PANx2_DF2K.pth", "--method", "fp",
+                              "--datasets", "Tiny", "--data-root", tiny_benchmarks, "--json", out_json], capsys)
     assert code == 0, err
     scores = json.loads(out_json.read_text())
     assert set(scores) == {"Tiny"} and set(scores["Tiny"]) == {"psnr", "ssim", "n"}
@@ -44,25 +38,16 @@ def test_calibrate_then_eval_artifact_equals_eval_with_method(shared, tiny_bench
     model = shared / "weights" / "PANx2_DF2K.pth"
     calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
     common = ["--calib", calib, "--crops", 4, "--patch", 24, "--seed", 1]
-    code, _, err = run(["calibrate", "--model", model, "--method", "minmax", "--bits", 4, *common,
-                        "-o", tmp_path / "art"], capsys)
+    code, _, err = run_cli(["calibrate", "--model", model, "--method", "minmax", "--bits", 4, *common,
+                            "-o", tmp_path / "art"], capsys)
     assert code == 0, err
     assert (tmp_path / "art" / "manifest.json").is_file() and (tmp_path / "art" / "tensors.safetensors").is_file()
     via_artifact, via_method = tmp_path / "a.json", tmp_path / "m.json"
     args = ["--datasets", "Tiny", "--data-root", tiny_benchmarks]
-    assert run(["eval", "--model", model, "--artifact", tmp_path / "art", *args, "--json", via_artifact], capsys)[0] == 0
-    assert run(["eval", "--model", model, "--method", "minmax", "--bits", 4, *common, *args,
-                "--json", via_method], capsys)[0] == 0
+    assert run_cli(["eval", "--model", model, "--artifact", tmp_path / "art", *args, "--json", via_artifact], capsys)[0] == 0
+    assert run_cli(["eval", "--model", model, "--method", "minmax", "--bits", 4, *common, *args,
+                    "--json", via_method], capsys)[0] == 0
     assert json.loads(via_artifact.read_text()) == json.loads(via_method.read_text())
-
-
-def _bad(argv, capsys, match):
-    code, out, err = run(argv, capsys)
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_bad_inputs_give_one_line_errors(shared, tiny_benchmarks, tmp_path, capsys):
@@ -71,19 +56,19 @@ def test_bad_inputs_give_one_line_errors(shared, tiny_benchmarks, tmp_path, caps
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(pan.read_bytes()[:1000])
     data = ["--datasets", "Tiny", "--data-root", tiny_benchmarks]
-    _bad(["eval", "--model", corrupt, "--method", "fp", *data], capsys, "corrupt.pth")
-    _bad(["eval", "--model", tmp_path / "none.pth", "--method", "fp", *data], capsys, "no such checkpoint")
-    _bad(["eval", "--model", pan, "--method", "fp", "--datasets", "Nope", "--data-root", tiny_benchmarks],
-         capsys, "Nope")
-    _bad(["eval", "--model", pan, "--method", "magic", "--bits", 4, "--calib", calib, *data],
-         capsys, "unknown calibration method")
-    _bad(["eval", "--model", pan, "--method", "minmax", "--bits", 1, "--calib", calib, *data], capsys, "2 to 8")
-    _bad(["eval", "--model", pan, "--method", "minmax", "--bits", 9, "--calib", calib, *data], capsys, "2 to 8")
-    _bad(["eval", "--model", pan, "--method", "fp", "--artifact", tmp_path, *data], capsys, "exactly one")
-    _bad(["eval", "--model", pan, *data], capsys, "exactly one")
-    _bad(["eval", "--model", pan, "--method", "fp", "--datasets", "Tiny"], capsys, "--data-root")
-    _bad(["calibrate", "--model", pan, "--method", "dobi", "--bits", 3, "--calib", tmp_path / "nocalib",
-          "-o", tmp_path / "out"], capsys, "nocalib")
+    one_line_error(["eval", "--model", corrupt, "--method", "fp", *data], capsys, "corrupt.pth")
+    one_line_error(["eval", "--model", tmp_path / "none.pth", "--method", "fp", *data], capsys, "no such checkpoint")
+    one_line_error(["eval", "--model", pan, "--method", "fp", "--datasets", "Nope", "--data-root", tiny_benchmarks],
+                  capsys, "Nope")
+    one_line_error(["eval", "--model", pan, "--method", "magic", "--bits", 4, "--calib", calib, *data],
+                  capsys, "unknown calibration method")
+    one_line_error(["eval", "--model", pan, "--method", "minmax", "--bits", 1, "--calib", calib, *data], capsys, "2 to 8")
+    one_line_error(["eval", "--model", pan, "--method", "minmax", "--bits", 9, "--calib", calib, *data], capsys, "2 to 8")
+    one_line_error(["eval", "--model", pan, "--method", "fp", "--artifact", tmp_path, *data], capsys, "exactly one")
+    one_line_error(["eval", "--model", pan, *data], capsys, "exactly one")
+    one_line_error(["eval", "--model", pan, "--method", "fp", "--datasets", "Tiny"], capsys, "--data-root")
+    one_line_error(["calibrate", "--model", pan, "--method", "dobi", "--bits", 3, "--calib", tmp_path / "nocalib",
+                   "-o", tmp_path / "out"], capsys, "nocalib")
     assert not (tmp_path / "out").exists()
 
 
@@ -95,14 +80,14 @@ def test_bad_datasets(shared, tmp_path, capsys):
     (tmp_path / "Small" / "HR").mkdir(parents=True)
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "Small" / "HR" / "s.png")
     for name, match in (("Empty", "no images"), ("Junk", "a.png"), ("Small", "too small")):
-        _bad(["eval", "--model", pan, "--method", "fp", "--datasets", name, "--data-root", tmp_path], capsys, match)
+        one_line_error(["eval", "--model", pan, "--method", "fp", "--datasets", name, "--data-root", tmp_path], capsys, match)
 
 
 def test_unwritable_artifact_output_leaves_nothing(shared, tmp_path, capsys):
     pan = shared / "weights" / "PANx2_DF2K.pth"
     calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
-    _bad(["calibrate", "--model", pan, "--method", "minmax", "--bits", 4, "--calib", calib, "--crops", 2,
-          "--patch", 16, "-o", tmp_path / "missing_parent" / "art"], capsys, "does not exist")
+    one_line_error(["calibrate", "--model", pan, "--method", "minmax", "--bits", 4, "--calib", calib, "--crops", 2,
+                   "--patch", 16, "-o", tmp_path / "missing_parent" / "art"], capsys, "does not exist")
     assert not (tmp_path / "missing_parent").exists()
 
 
@@ -122,9 +107,9 @@ def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared,
     pan = shared / "weights" / "PANx2_DF2K.pth"
     calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
     out = tmp_path / "harmoq_art"
-    code, stdout, err = run(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
-                             "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--target", "tensorrt",
-                             "-o", out], capsys)
+    code, stdout, err = run_cli(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
+                                 "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--target", "tensorrt",
+                                 "-o", out], capsys)
     assert code == 0, err
     assert "abr: kept" in stdout and f"wrote {out}" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -137,7 +122,7 @@ def test_bad_refinement_settings(shared, tmp_path, capsys):
     pan = shared / "weights" / "PANx2_DF2K.pth"
     calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
     base = ["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib, "-o", tmp_path / "o"]
-    _bad([*base, "--iters", -1], capsys, "--iters")
-    _bad([*base, "--device", "tpu"], capsys, "--device")
-    _bad([*base, "--bits", 1], capsys, "2 to 8")
+    one_line_error([*base, "--iters", -1], capsys, "--iters")
+    one_line_error([*base, "--device", "tpu"], capsys, "--device")
+    one_line_error([*base, "--bits", 1], capsys, "2 to 8")
     assert not (tmp_path / "o").exists()

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_benchmark
+from conftest import one_line_error, run_cli, tiny_benchmark
 from PIL import Image
 
 from harmoq_deploy.cli import main
@@ -18,18 +18,6 @@ from harmoq_deploy.engine.tensorrt import BuildSettings, config_choices, profile
 from harmoq_deploy.engine.validate import compare_engine
 from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.models import load_model
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _bad(argv, capsys, match):
-    code, _, err = run(argv, capsys)
-    lines = err.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +58,9 @@ def test_engine_folder_holds_a_validated_onnxruntime_engine_and_its_report(built
 
 def test_upscale_equals_the_validation_output_and_keeps_alpha_and_gray(built, tmp_path, capsys):
     saved = tmp_path / "validated"
-    code, _, err = run(["validate", "--onnx", built["engine"] / "model.onnx", "--artifact", built["engine"] / "artifact",
-                        "--datasets", "Tiny", "--data-root", built["bench"], "--overlap", 4, "--save-images", saved],
-                       capsys)
+    code, _, err = run_cli(["validate", "--onnx", built["engine"] / "model.onnx", "--artifact", built["engine"] / "artifact",
+                            "--datasets", "Tiny", "--data-root", built["bench"], "--overlap", 4, "--save-images", saved],
+                           capsys)
     assert code == 0, err
     hr = np.asarray(Image.open(built["bench"] / "Tiny" / "HR" / "baby.png"))
     inputs = tmp_path / "in"
@@ -82,7 +70,7 @@ def test_upscale_equals_the_validation_output_and_keeps_alpha_and_gray(built, tm
     Image.fromarray(lr).convert("L").save(inputs / "gray.png")
     rgba = np.dstack([lr, np.full(lr.shape[:2], 100, np.uint8)])
     Image.fromarray(rgba).save(inputs / "rgba.png")
-    code, _, err = run(["upscale", "--engine", built["engine"], inputs, "-o", tmp_path / "out"], capsys)
+    code, _, err = run_cli(["upscale", "--engine", built["engine"], inputs, "-o", tmp_path / "out"], capsys)
     assert code == 0, err
     upscaled = np.asarray(Image.open(tmp_path / "out" / "baby.png"))
     assert np.array_equal(upscaled, np.asarray(Image.open(saved / "Tiny" / "baby.png")))
@@ -94,8 +82,8 @@ def test_upscale_equals_the_validation_output_and_keeps_alpha_and_gray(built, tm
 
 def test_bench_measures_engine_and_fp32_reference(built, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code, stdout, err = run(["bench", "--engine", built["engine"], "--size", "48x40", "--repeats", 2, "--warmup", 1,
-                             "--threads", 1, "--json", out], capsys)
+    code, stdout, err = run_cli(["bench", "--engine", built["engine"], "--size", "48x40", "--repeats", 2, "--warmup", 1,
+                                 "--threads", 1, "--json", out], capsys)
     assert code == 0, err
     payload = json.loads(out.read_text())
     assert [m["label"] for m in payload["measurements"]] == ["FP32 reference", "quantized engine"]
@@ -108,12 +96,12 @@ def test_engine_bad_input_writes_nothing(built, tmp_path, capsys):
     engines.mkdir()
     base = ["engine", "--model", shared / "weights" / "PANx2_DF2K.pth", "--method", "minmax", "--crops", 2,
             "--patch", 16, "--datasets", "Tiny", "--data-root", built["bench"], "--tile", 24]
-    _bad([*base, "--bits", 1, "-o", engines / "a"], capsys, "2 to 8")
-    _bad([*base, "--bits", 3, "--tile", 512, "-o", engines / "a"], capsys, "larger than every validation image")
-    _bad([*base, "--bits", 3, "--backend", "tensorrt", "-o", engines / "a"], capsys,
-         "--backend tensorrt: the tensorrt Python package is not installed")
-    _bad([*base, "--bits", 3, "--backend", "cuda", "-o", engines / "a"], capsys, "--backend must be one of")
-    _bad([*base, "--bits", 3, "--calib", tmp_path / "nocalib", "-o", engines / "a"], capsys, "nocalib")
+    one_line_error([*base, "--bits", 1, "-o", engines / "a"], capsys, "2 to 8")
+    one_line_error([*base, "--bits", 3, "--tile", 512, "-o", engines / "a"], capsys, "larger than every validation image")
+    one_line_error([*base, "--bits", 3, "--backend", "tensorrt", "-o", engines / "a"], capsys,
+                  "--backend tensorrt: the tensorrt Python package is not installed")
+    one_line_error([*base, "--bits", 3, "--backend", "cuda", "-o", engines / "a"], capsys, "--backend must be one of")
+    one_line_error([*base, "--bits", 3, "--calib", tmp_path / "nocalib", "-o", engines / "a"], capsys, "nocalib")
     assert list(engines.iterdir()) == []
 
 
@@ -132,29 +120,29 @@ def test_engine_folder_tampering_is_refused(built, tmp_path, capsys):
             (copy / "notes.txt").write_text("hi")
         else:
             (copy / "engine.json").unlink()
-        _bad(["upscale", "--engine", copy, built["bench"] / "Tiny" / "HR" / "baby.png", "-o", tmp_path / "o"], capsys,
-             match)
-        _bad(["bench", "--engine", copy], capsys, match)
+        one_line_error(["upscale", "--engine", copy, built["bench"] / "Tiny" / "HR" / "baby.png", "-o", tmp_path / "o"], capsys,
+                      match)
+        one_line_error(["bench", "--engine", copy], capsys, match)
 
 
 def test_upscale_and_bench_bad_input(built, tmp_path, capsys):
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")
-    _bad(["upscale", "--engine", built["engine"], junk, "-o", tmp_path / "out"], capsys, "not a readable image")
-    _bad(["upscale", "--engine", built["engine"], tmp_path / "none.png", "-o", tmp_path / "out"], capsys,
-         "no such image or folder")
+    one_line_error(["upscale", "--engine", built["engine"], junk, "-o", tmp_path / "out"], capsys, "not a readable image")
+    one_line_error(["upscale", "--engine", built["engine"], tmp_path / "none.png", "-o", tmp_path / "out"], capsys,
+                  "no such image or folder")
     (tmp_path / "a").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "x.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "x.jpg")
-    _bad(["upscale", "--engine", built["engine"], tmp_path / "a", "-o", tmp_path / "out"], capsys, "would both be written")
-    _bad(["bench", "--engine", built["engine"], "--size", "16x16"], capsys, "smaller than the engine's 24x24 tile")
-    _bad(["bench", "--engine", built["engine"], "--size", "big"], capsys, "--size must look like")
+    one_line_error(["upscale", "--engine", built["engine"], tmp_path / "a", "-o", tmp_path / "out"], capsys, "would both be written")
+    one_line_error(["bench", "--engine", built["engine"], "--size", "16x16"], capsys, "smaller than the engine's 24x24 tile")
+    one_line_error(["bench", "--engine", built["engine"], "--size", "big"], capsys, "--size must look like")
     assert not (tmp_path / "out" / "junk.png").exists()
 
 
 def test_tiny_images_are_padded_up_to_the_tile(built, tmp_path, capsys):
     Image.fromarray(np.full((5, 9, 3), 128, np.uint8)).save(tmp_path / "tiny.png")
-    code, _, err = run(["upscale", "--engine", built["engine"], tmp_path / "tiny.png", "-o", tmp_path / "out"], capsys)
+    code, _, err = run_cli(["upscale", "--engine", built["engine"], tmp_path / "tiny.png", "-o", tmp_path / "out"], capsys)
     assert code == 0, err
     assert Image.open(tmp_path / "out" / "tiny.png").size == (18, 10)
 
@@ -201,10 +189,10 @@ def test_backend_choice_says_why(monkeypatch):
 
 def test_torch_backend_runs_the_low_bit_runtime(built, tmp_path, capsys):
     out = tmp_path / "pan_torch"
-    code, stdout, err = run(["engine", "--model", built["shared"] / "weights" / "PANx2_DF2K.pth", "--bits", 3,
-                             "--method", "minmax", "--crops", 2, "--patch", 16, "--tile", 24, "--overlap", 4,
-                             "--datasets", "Tiny", "--data-root", built["bench"], "--backend", "torch", "-o", out],
-                            capsys)
+    code, stdout, err = run_cli(["engine", "--model", built["shared"] / "weights" / "PANx2_DF2K.pth", "--bits", 3,
+                                 "--method", "minmax", "--crops", 2, "--patch", 16, "--tile", 24, "--overlap", 4,
+                                 "--datasets", "Tiny", "--data-root", built["bench"], "--backend", "torch", "-o", out],
+                                capsys)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["backend"]["name"] == "torch" and report["backend"]["lowbit_layers"] > 0
@@ -212,6 +200,6 @@ def test_torch_backend_runs_the_low_bit_runtime(built, tmp_path, capsys):
     assert len(rows) == 2 and all(r["free_parity_db"] > 20 for r in rows)
     lr = imresize(np.asarray(Image.open(built["bench"] / "Tiny" / "HR" / "bird.png")), 1 / 2)
     Image.fromarray(lr).save(tmp_path / "bird.png")
-    code, _, err = run(["upscale", "--engine", out, tmp_path / "bird.png", "-o", tmp_path / "up"], capsys)
+    code, _, err = run_cli(["upscale", "--engine", out, tmp_path / "bird.png", "-o", tmp_path / "up"], capsys)
     assert code == 0, err
     assert Image.open(tmp_path / "up" / "bird.png").size == (2 * lr.shape[1], 2 * lr.shape[0])
