@@ -66,14 +66,20 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, device, checkpoint=None):
-    from .calibrate import OPTIMIZING_METHODS, calibrate, make_method
-    from .data import sample_calibration_crops
+def _method_settings(method_name: str, iters: int, batch: int) -> dict:
+    """``--iters``/``--batch`` checked, as the settings of a method that refines by distillation."""
+    from .calibrate import OPTIMIZING_METHODS
 
     if iters < 0 or batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    settings = {"iters": iters, "batch": batch} if method_name in OPTIMIZING_METHODS else {}
-    method = make_method(method_name, **settings)
+    return {"iters": iters, "batch": batch} if method_name in OPTIMIZING_METHODS else {}
+
+
+def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, device, checkpoint=None):
+    from .calibrate import calibrate, make_method
+    from .data import sample_calibration_crops
+
+    method = make_method(method_name, **_method_settings(method_name, iters, batch))
     if calib is None:
         raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
     device = _check_device(device)
@@ -326,21 +332,19 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
 def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
                    iters, batch, datasets, data_root, threshold, hw_compat, timing_cache, output):
     """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
-    from .calibrate import OPTIMIZING_METHODS
     from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
 
     if artifact is None:
         config = _quant_config(bits, wbits, abits, None, "tensorrt")
         wbits, abits = config.wbits, config.abits
-    if iters < 0 or batch < 1:
-        raise HarmoqError("--iters must be >= 0 and --batch >= 1")
+    settings = _method_settings(method, iters, batch)
     names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else default_datasets()
     if not names:
         raise HarmoqError("--datasets names no dataset")
     request = EngineRequest(
         model_path=model_path, output=output, wbits=wbits or 0, abits=abits or 0, method=method, artifact=artifact,
         backend=backend, tile=tile, overlap=overlap, calib=calib, crops=crops, patch=patch, seed=seed,
-        method_settings={"iters": iters, "batch": batch} if method in OPTIMIZING_METHODS else {},
+        method_settings=settings,
         datasets=names, data_root=data_root or default_data_root(), threshold_db=threshold,
         hardware_compatibility=hw_compat, timing_cache=timing_cache)
     bundle, report = build(request, say=lambda line: _out.print(line, markup=False, highlight=False))

@@ -5,6 +5,7 @@ permissions a plain ``open``/``mkdir`` would have given it (0666/0777 less the u
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,14 +18,30 @@ def _umask() -> int:
     return mask
 
 
-def make_public(path: Path) -> None:
+def make_public(path: Path, umask: int | None = None) -> None:
     """Give a temp file or folder the permissions a plain create would have."""
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~(_umask() if umask is None else umask))
 
 
-def make_folder_public(folder: Path) -> None:
-    for path in [folder, *folder.rglob("*")]:
-        make_public(path)
+def staging_folder(out_dir: Path) -> Path:
+    """A fresh temporary folder beside ``out_dir`` to assemble a folder artifact in."""
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise HarmoqError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    except OSError as exc:
+        raise HarmoqError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+
+
+def replace_folder(staging: Path, out_dir: Path) -> None:
+    """Move a finished staging folder to ``out_dir`` (replacing it) with plain-create permissions."""
+    umask = _umask()
+    for path in [staging, *staging.rglob("*")]:
+        make_public(path, umask)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:

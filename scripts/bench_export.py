@@ -24,7 +24,8 @@ from benchlib import MODELS, RESULTS, machine, today
 
 from harmoq_deploy.calibrate import apply_artifact, calibrate, load_artifact, make_method, method_record, save_artifact
 from harmoq_deploy.data import describe_calibration, load_datasets, sample_calibration_crops, to_rgb8, to_tensor
-from harmoq_deploy.engine import Tiling, TorchRunner, run_tiled, validate_graph
+from harmoq_deploy.engine import Tiling, TorchRunner, validate_graph
+from harmoq_deploy.engine.upscale import super_resolve
 from harmoq_deploy.engine.validate import summarize
 from harmoq_deploy.eval import psnr_y
 from harmoq_deploy.export import export_calibrated, save_onnx
@@ -65,8 +66,7 @@ def _artifact(name: str, bits: int, args) -> tuple[object, float]:
 
 def _tiled_psnr(model, pairs, scale, tiling) -> list[float]:
     runner = TorchRunner(model)
-    return [psnr_y(to_rgb8(torch.from_numpy(run_tiled(runner, to_tensor(p.lr).numpy(), scale, tiling))), p.hr, scale)
-            for p in pairs]
+    return [psnr_y(super_resolve(runner, p.lr, scale, tiling), p.hr, scale) for p in pairs]
 
 
 def _whole_psnr(model, pairs, scale) -> list[float]:

@@ -21,7 +21,7 @@ from harmoq_deploy.calibrate import apply_artifact, calibrate, load_artifact, ma
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops, to_tensor
 from harmoq_deploy.engine import OnnxRuntimeRunner
 from harmoq_deploy.engine.tiling import pad_to_tile
-from harmoq_deploy.engine.validate import DecisionStats, forced_decisions, with_code_outputs
+from harmoq_deploy.engine.validate import DecisionStats, forced_decisions, output_psnr, with_code_outputs
 from harmoq_deploy.export import export_calibrated, point_grids, to_float_graph
 from harmoq_deploy.export.plugin import to_plugin_graph
 from harmoq_deploy.io import write_atomic
@@ -47,18 +47,19 @@ def _model(name: str, bits: int):
     return model, manifest, source, "minmax (quick)"
 
 
-def _matched_parity(graph, model, tile: np.ndarray) -> tuple[float, DecisionStats]:
+def _decision_probe(graph, model):
+    """Runs a tile through ``graph`` and through ``model`` forced to the graph's codes: (parity dB, stats)."""
     probed, names = with_code_outputs(graph)
-    outputs = OnnxRuntimeRunner(probed).run_all(tile)
-    stats = DecisionStats()
-    with torch.no_grad(), forced_decisions(model, point_grids(model), dict(zip(names, outputs[1:])), stats):
-        ours = model(torch.from_numpy(tile)).numpy()
-    return _psnr(outputs[0], ours), stats
+    runner, grids = OnnxRuntimeRunner(probed), point_grids(model)
 
+    def probe(tile: np.ndarray) -> tuple[float, DecisionStats]:
+        outputs = runner.run_all(tile)
+        stats = DecisionStats()
+        with torch.no_grad(), forced_decisions(model, grids, dict(zip(names, outputs[1:])), stats):
+            ours = model(torch.from_numpy(tile)).numpy()
+        return output_psnr(outputs[0], ours), stats
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+    return probe
 
 
 def run(name: str, bits: int, tile_side: int) -> dict:
@@ -74,13 +75,15 @@ def run(name: str, bits: int, tile_side: int) -> dict:
            "fp32_onnx_bytes": fp32.ByteSize(), "qdq_onnx_bytes": qdq.ByteSize(), "plugin_onnx_bytes": plugin.ByteSize(),
            "packed_layer_weights": weights, "packed_fp32_bytes": weights * 4, "packed_qdq_bytes": weights,
            "packed_plugin_bytes": int(packed_bytes), "tiles": []}
+    qdq_probe, plugin_probe = _decision_probe(qdq, model), _decision_probe(plugin, model)
+    qdq_runner, plugin_runner = OnnxRuntimeRunner(qdq), OnnxRuntimeRunner(plugin)
     for pair in load_benchmark(benchmarks_root(), "Set5", source.scale):
         lr = pad_to_tile(to_tensor(pair.lr).numpy(), tile_side)
         top, left = (lr.shape[2] - tile_side) // 2, (lr.shape[3] - tile_side) // 2
         tile = np.ascontiguousarray(lr[:, :, top:top + tile_side, left:left + tile_side])
-        qdq_parity, qdq_stats = _matched_parity(qdq, model, tile)
-        plugin_parity, plugin_stats = _matched_parity(plugin, model, tile)
-        free = _psnr(OnnxRuntimeRunner(qdq)(tile), OnnxRuntimeRunner(plugin)(tile))
+        qdq_parity, qdq_stats = qdq_probe(tile)
+        plugin_parity, plugin_stats = plugin_probe(tile)
+        free = output_psnr(qdq_runner(tile), plugin_runner(tile))
         row["tiles"].append({"image": pair.name, "qdq_parity_db": qdq_parity, "plugin_parity_db": plugin_parity,
                              "plugin_vs_qdq_free_db": free, "qdq_only_ties": qdq_stats.only_ties,
                              "plugin_only_ties": plugin_stats.only_ties,

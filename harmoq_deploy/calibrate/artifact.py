@@ -8,9 +8,7 @@ so a reader never sees a half-written artifact.
 """
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import HarmoqError, first_line
-from ..io import make_folder_public
+from ..io import replace_folder, staging_folder
 from ..models import LoadedModel
 from ..quant import QuantConfig, quantize_model, quantizers
 
@@ -77,20 +75,11 @@ def save_artifact(out_dir: str | Path, model: nn.Module, source: LoadedModel, co
         "quant_config": config.to_dict(), "method": method, "calibration": calibration, "seed": seed,
         "corrected_weights": sorted(corrected_weights or {}), "quantizers": entries,
     }
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise HarmoqError(f"{out_dir}: parent folder {parent} does not exist")
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
-    except OSError as exc:
-        raise HarmoqError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+    staging = staging_folder(out_dir)
     try:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         save_file(tensors, str(staging / TENSORS))
-        make_folder_public(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        replace_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir

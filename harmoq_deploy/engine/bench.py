@@ -46,23 +46,21 @@ def _rss_mb() -> float:
 
 
 def _runner(bundle: EngineBundle, role: str, threads: int | None):
+    if role == "engine":
+        return bundle.runner(threads)
     if bundle.backend == "torch":
         from ..models import load_model
         from .runners import TorchRunner
 
-        if role == "engine":
-            return bundle.runner()
         return TorchRunner(load_model(bundle.source_checkpoint()).module, "cuda" if _cuda() else "cpu")
     if bundle.backend == "tensorrt":
         from .tensorrt import BuildSettings, TensorRTRunner, build_engine
 
-        if role == "engine":
-            return TensorRTRunner(bundle.file("engine").read_bytes())
         engine, _ = build_engine(bundle.file("fp32_graph"), BuildSettings(tile=bundle.tile))
         return TensorRTRunner(engine)
     from .runners import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(bundle.file("engine" if role == "engine" else "fp32_graph"), threads)
+    return OnnxRuntimeRunner(bundle.file("fp32_graph"), threads)
 
 
 def _measure(path: str, role: str, size: tuple[int, int], warmup: int, repeats: int, threads: int | None) -> dict:

@@ -9,14 +9,11 @@ refused. The folder is assembled in a temporary sibling and renamed into place.
 """
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HarmoqError
-from ..io import make_folder_public
+from ..io import replace_folder
 from ..models import file_sha256
 
 FORMAT, FORMAT_VERSION = "harmoq-engine", 1
@@ -61,7 +58,6 @@ class EngineBundle:
 
         return OnnxRuntimeRunner(self.file("engine"), threads)
 
-
     def source_checkpoint(self) -> Path:
         """The checkpoint the engine was built from (the PyTorch runtime rebuilds the model from it)."""
         path = Path(self.sidecar["source_path"])
@@ -71,20 +67,12 @@ class EngineBundle:
         return path
 
 
+def _files(folder: Path) -> list[str]:
+    return [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SIDECAR]
+
+
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != SIDECAR}
-
-
-def staging_folder(out_dir: Path) -> Path:
-    """A fresh temporary folder beside ``out_dir`` to assemble the bundle in."""
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise HarmoqError(f"{out_dir}: parent folder {out_dir.parent} does not exist")
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
-    except OSError as exc:
-        raise HarmoqError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+    return {name: file_sha256(folder / name) for name in _files(folder)}
 
 
 def seal(staging: Path, out_dir: Path, sidecar: dict) -> EngineBundle:
@@ -94,10 +82,7 @@ def seal(staging: Path, out_dir: Path, sidecar: dict) -> EngineBundle:
         raise HarmoqError(f"engine bundle is missing its {missing[0]} file")
     sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, **sidecar, "files": _hashes(staging)}
     (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-    make_folder_public(staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    replace_folder(staging, out_dir)
     return EngineBundle(out_dir, sidecar)
 
 
@@ -120,7 +105,7 @@ def open_bundle(path: str | Path) -> EngineBundle:
             raise HarmoqError(f"{path}: {name} is missing")
         if file_sha256(file) != digest:
             raise HarmoqError(f"{path}: {name} does not match the sha256 recorded at build time (altered or corrupted)")
-    extra = sorted(set(_hashes(path)) - set(sidecar["files"]))
+    extra = sorted(set(_files(path)) - set(sidecar["files"]))
     if extra:
         raise HarmoqError(f"{path}: {extra[0]} was not part of the built engine")
     return EngineBundle(path, sidecar)

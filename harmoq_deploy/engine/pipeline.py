@@ -4,6 +4,7 @@ Each stage hands the next a typed artifact (calibrated model, Q/DQ graph, engine
 reports); nothing reaches ``engines/NAME`` unless every stage succeeded, validation included.
 """
 
+import copy
 import json
 import platform
 import shutil
@@ -21,10 +22,11 @@ from ..calibrate.artifact import Artifact
 from ..data import BUNDLED, bundled_photos, describe_calibration, load_datasets, sample_calibration_crops
 from ..errors import HarmoqError
 from ..export import export_calibrated, save_onnx, to_float_graph
+from ..io import staging_folder
 from ..models import LoadedModel, load_model
 from ..progress import stages
 from ..quant import QuantConfig
-from .bundle import EngineBundle, seal, staging_folder
+from .bundle import EngineBundle, seal
 from .tensorrt import BuildSettings, build_engine, tensorrt_status
 from .tiling import Tiling
 from .validate import ImageReport, compare_engine, summarize, validate_graph
@@ -120,7 +122,7 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
     trt_available, trt_reason = tensorrt_status()
     say(f"backend: {reason}")
     source = load_model(request.model_path)
-    float_model = load_model(request.model_path).module
+    float_model = copy.deepcopy(source.module)  # calibration quantizes source.module in place
     datasets = load_datasets(list(request.datasets), request.data_root, source.scale)
     _check_tile_fits(datasets, request.tile)
     tiling = Tiling(request.tile, request.overlap)
@@ -149,7 +151,7 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
             start = time.perf_counter()
             roles = {"graph": "model.onnx", "fp32_graph": "fp32.onnx", "artifact": "artifact",
                      "report": "report.json", "report_md": "report.md"}
-            build_info = _build(backend, staging, request, roles)
+            build_info, engine_runner = _build(backend, staging, request, roles)
             seconds["build"] = time.perf_counter() - start
             say(f"built: {backend} engine ({seconds['build']:.1f}s)")
             tracker.done()
@@ -164,8 +166,7 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
                 raise HarmoqError(f"validation failed, no engine written: {summary['failure']}")
             engine_rows = None
             if backend != "onnxruntime":
-                engine_rows = compare_engine(_engine_runner(backend, staging, roles, request), model, float_model,
-                                             source.scale, datasets, tiling)
+                engine_rows = compare_engine(engine_runner, model, float_model, source.scale, datasets, tiling)
                 say(f"{backend} engine: mean PSNR {np.mean([r['psnr'] for r in engine_rows]):.3f}, free-running "
                     f"parity with PyTorch min {min(r['free_parity_db'] for r in engine_rows):.1f} dB")
             seconds["validate"] = time.perf_counter() - start
@@ -185,39 +186,31 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
     return bundle, report
 
 
-def _build(backend: str, staging: Path, request: EngineRequest, roles: dict) -> dict:
-    """Make the engine file in ``staging`` and name it in ``roles``."""
+def _build(backend: str, staging: Path, request: EngineRequest, roles: dict) -> tuple[dict, object]:
+    """Make the engine file in ``staging`` and name it in ``roles``; returns the build facts and,
+    for an engine that is not ONNX Runtime's, its runner (compared free-running with PyTorch)."""
     if backend == "torch":
         from .runners import LowBitTorchRunner
 
         runner = LowBitTorchRunner(staging / "artifact", request.model_path)
         roles["engine"] = "artifact"
-        return {"torch": torch.__version__, "device": runner.device, "lowbit_layers": runner.lowbit_layers}
+        return {"torch": torch.__version__, "device": runner.device, "lowbit_layers": runner.lowbit_layers}, runner
     if backend == "tensorrt":
+        from .tensorrt import TensorRTRunner
+
         settings = BuildSettings(tile=request.tile, hardware_compatibility=request.hardware_compatibility,
                                  timing_cache=request.timing_cache)
         engine, info = build_engine(staging / "model.onnx", settings)
         (staging / "model.plan").write_bytes(engine)
         roles["engine"] = "model.plan"
-        return info
+        return info, TensorRTRunner(engine)
     import onnxruntime as ort
 
     from .runners import OnnxRuntimeRunner
 
     OnnxRuntimeRunner(staging / "model.onnx")  # ONNX Runtime compiles at load: this checks the graph loads
     roles["engine"] = "model.onnx"
-    return {"onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"]}
-
-
-def _engine_runner(backend: str, staging: Path, roles: dict, request: EngineRequest):
-    """The runner of a staged engine that is not ONNX Runtime's (compared free-running with PyTorch)."""
-    if backend == "torch":
-        from .runners import LowBitTorchRunner
-
-        return LowBitTorchRunner(staging / roles["engine"], request.model_path)
-    from .tensorrt import TensorRTRunner
-
-    return TensorRTRunner((staging / roles["engine"]).read_bytes())
+    return {"onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"]}, None
 
 
 def _report(request, source, artifact, graph: onnx.ModelProto, backend, reason, build_info, trt, tiling,

@@ -165,7 +165,7 @@ def _to_rgb8(image: np.ndarray) -> np.ndarray:
     return to_rgb8(torch.from_numpy(image))
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def output_psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (peak 1) between two SR outputs clamped to [0, 1], all pixels and channels."""
     mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
@@ -209,8 +209,8 @@ def validate_graph(graph: onnx.ModelProto, model: nn.Module, float_model: nn.Mod
             if save_images is not None:
                 write_png(save_images / dataset / f"{pair.name}.png", graph8)
             reports.append(ImageReport(
-                dataset=dataset, image=pair.name, parity_db=_psnr(probed, forced), free_parity_db=_psnr(graph_out, free),
-                vs_fp32_db=_psnr(graph_out, fp32), psnr=psnr_y(graph8, pair.hr, scale), ssim=ssim_y(graph8, pair.hr, scale),
+                dataset=dataset, image=pair.name, parity_db=output_psnr(probed, forced), free_parity_db=output_psnr(graph_out, free),
+                vs_fp32_db=output_psnr(graph_out, fp32), psnr=psnr_y(graph8, pair.hr, scale), ssim=ssim_y(graph8, pair.hr, scale),
                 torch_psnr=psnr_y(free8, pair.hr, scale), torch_ssim=ssim_y(free8, pair.hr, scale),
                 matched_psnr=psnr_y(forced8, pair.hr, scale),
                 decisions=runner.decisions))
@@ -262,7 +262,8 @@ def compare_engine(runner: TileRunner, model: nn.Module, float_model: nn.Module,
         for pair in progress_bar(pairs, f"comparing on {dataset}"):
             out = run_tiled(together, to_tensor(pair.lr).numpy(), scale, tiling)
             engine, fake_quant, fp32 = out[:, :3], out[:, 3:6], out[:, 6:]
-            rows.append({"dataset": dataset, "image": pair.name, "free_parity_db": _psnr(engine, fake_quant),
-                         "vs_fp32_db": _psnr(engine, fp32), "psnr": psnr_y(_to_rgb8(engine), pair.hr, scale),
-                         "ssim": ssim_y(_to_rgb8(engine), pair.hr, scale)})
+            engine8 = _to_rgb8(engine)
+            rows.append({"dataset": dataset, "image": pair.name, "free_parity_db": output_psnr(engine, fake_quant),
+                         "vs_fp32_db": output_psnr(engine, fp32), "psnr": psnr_y(engine8, pair.hr, scale),
+                         "ssim": ssim_y(engine8, pair.hr, scale)})
     return rows
