@@ -6,6 +6,7 @@ import torch
 from harmoq_deploy.calibrate import HarmoQ, TwoDQuant, apply_artifact, calibrate, load_artifact, method_record, \
     save_artifact
 from harmoq_deploy.calibrate import methods as methods_module
+from harmoq_deploy.calibrate import refine as refine_module
 from harmoq_deploy.calibrate.baselines import Dobi
 from harmoq_deploy.calibrate.bounds import initialise_bounds, set_weight_bounds
 from harmoq_deploy.calibrate.hso import apply_scale, closed_form_scale, find_fold_groups, record_inputs
@@ -118,7 +119,7 @@ def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harm
     real_settings = methods_module.RefineSettings
     monkeypatch.setattr(methods_module, "RefineSettings", lambda **kw: real_settings(checkpoint_every=2, **kw))
     calls = {"n": 0}
-    real_step = methods_module.refine_bounds.__globals__["distillation_step_loss"]
+    real_step = refine_module._Teacher.loss
 
     def failing_step(*args, **kwargs):
         calls["n"] += 1
@@ -127,12 +128,12 @@ def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harm
         return real_step(*args, **kwargs)
 
     checkpoint = tmp_path / "ckpt.pt"
-    monkeypatch.setitem(methods_module.refine_bounds.__globals__, "distillation_step_loss", failing_step)
+    monkeypatch.setattr(refine_module._Teacher, "loss", failing_step)
     source, config, method = harmoq_imdn()
     with pytest.raises(KeyboardInterrupt):
         calibrate(source, config, method, crops, checkpoint=checkpoint)
     assert checkpoint.is_file()
-    monkeypatch.setitem(methods_module.refine_bounds.__globals__, "distillation_step_loss", real_step)
+    monkeypatch.setattr(refine_module._Teacher, "loss", real_step)
     source, config, method = harmoq_imdn()
     resumed = calibrate(source, config, method, crops, checkpoint=checkpoint).model
     reference_state, resumed_state = reference.state_dict(), resumed.state_dict()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from harmoq_deploy.calibrate import calibrate, make_method
+from harmoq_deploy.calibrate import refine as refine_module
 from harmoq_deploy.calibrate.refine import (
     RefineSettings,
     _FeatureRecorder,
@@ -77,3 +78,12 @@ def test_an_interrupted_run_resumes_to_the_same_bounds(tmp_path, dobi_pan):
 
     with pytest.raises(HarmoqError, match="different run"):
         refine_bounds(resumed, crops, source.layout.feature_taps, RefineSettings(iters=99), checkpoint=checkpoint)
+
+
+def test_refinement_never_squeezes_a_range_below_its_floor(dobi_pan):
+    source, model, crops = dobi_pan()
+    start = {name: (q.bounds()[1] - q.bounds()[0]).detach().clone() for name, q in quantizers(model).items()}
+    refine_bounds(model, crops, source.layout.feature_taps, RefineSettings(iters=4, batch=2, lr=10.0), seed=0)
+    for name, q in quantizers(model).items():
+        width = q.bounds()[1] - q.bounds()[0]
+        assert (width >= refine_module.MIN_RANGE_FRACTION * start[name] * (1 - 1e-3)).all(), name

@@ -61,9 +61,14 @@ def _guard_loss(model: nn.Module, crops: torch.Tensor, layout: ArchLayout, featu
         recorder.close()
 
 
-def _guard_batch(crops: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    index = torch.randperm(len(crops), generator=torch.Generator().manual_seed(seed + 1))[:size]
-    return crops[index]
+def split_crops(crops: torch.Tensor, guard: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``guard`` crops held out to judge the closed-form steps, and the rest for them to fit on:
+    a step judged on crops it was fitted to passes the guard by overfitting them."""
+    order = torch.randperm(len(crops), generator=torch.Generator().manual_seed(seed + 1))
+    guard = min(guard, len(crops) // 2) or len(crops)
+    held_out = order[:guard]
+    rest = order[guard:] if len(order) > guard else order
+    return crops[held_out], crops[rest]
 
 
 @dataclass
@@ -117,13 +122,13 @@ class HarmoQ:
             checkpoint: Path | None = None) -> RunResult:
         bounds = {id(p) for q in quantizers(model).values() for p in q.parameters()}
         before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in bounds}
-        guard = _guard_batch(crops, self.guard_crops, seed)
+        guard, fit = split_crops(crops, self.guard_crops, seed)
         steps: list[StepReport] = []
         groups: list[FoldGroup] = []
         if self.hso:
-            groups = self._harmonize(model, crops, guard, layout, seed, steps)
+            groups = self._harmonize(model, fit, guard, layout, seed, steps)
         if self.src:
-            self._structural_residual(model, crops, guard, layout, seed, steps)
+            self._structural_residual(model, fit, guard, layout, seed, steps)
         if self.abr:
             self._refine(model, crops, groups, layout, seed, checkpoint, steps)
         changed = {n: p.detach().clone() for n, p in model.named_parameters()
@@ -146,19 +151,19 @@ class HarmoQ:
         steps.append(StepReport(name, applied, loss_before, loss_after, time.perf_counter() - start, detail))
         return applied
 
-    def _harmonize(self, model, crops, guard, layout, seed, steps) -> list[FoldGroup]:
+    def _harmonize(self, model, fit, guard, layout, seed, steps) -> list[FoldGroup]:
         param = next(model.parameters())
         set_quantization_enabled(model, False)
         try:
-            groups = find_fold_groups(model, crops[:1].to(param))
-            record_inputs(model, groups, _guard_batch(crops, self.hso_crops, seed + 7))
+            groups = find_fold_groups(model, fit[:1].to(param))
+            record_inputs(model, groups, fit[:self.hso_crops])
         finally:
             set_quantization_enabled(model, True)
 
         def apply() -> dict:
             changed = [g for g in progress_bar(groups, "harmonizing scales") if solve_group(model, g, False)]
             if changed:
-                stats = observe_activations(model, crops, seed=seed, description="re-observing activations")
+                stats = observe_activations(model, fit, seed=seed, description="re-observing activations")
                 initialise_bounds(model, Dobi(), stats)
             return {"fold_groups": len(groups), "scaled": len(changed)}
 
@@ -168,11 +173,10 @@ class HarmoQ:
                 g.exponent.fill_(float("nan"))
         return [g for g in groups if not torch.isnan(g.exponent)]
 
-    def _structural_residual(self, model, crops, guard, layout, seed, steps) -> None:
+    def _structural_residual(self, model, fit, guard, layout, seed, steps) -> None:
         def apply() -> dict:
-            subset = _guard_batch(crops, self.src_crops, seed + 3)
             chosen = structural_residual_calibration(
-                model, subset, self.ridges,
+                model, fit[-self.src_crops:], self.ridges,
                 lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi()), seed=seed)
             counts = {str(r): list(chosen.values()).count(r) for r in self.ridges}
             return {"corrected_layers": len(chosen), "ridge_counts": counts}

@@ -79,6 +79,35 @@ def distillation_step_loss(model: nn.Module, batch: torch.Tensor, recorder: _Fea
     return distillation_loss(out_q, out_fp, recorder.features, feats_fp, feature_weight)
 
 
+class _Teacher:
+    """The float model's outputs and tapped features on every calibration crop, computed once.
+
+    Refinement changes only bounds (and HSO re-folds that keep the float function), so the
+    teacher half of each step is the same every time it meets a crop: caching it saves a
+    forward pass per step.
+    """
+
+    def __init__(self, model: nn.Module, crops: torch.Tensor, recorder: _FeatureRecorder, chunk: int = 8):
+        outputs, features = [], []
+        set_quantization_enabled(model, False)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(crops), chunk):
+                    outputs.append(model(crops[start:start + chunk]))
+                    features.append(dict(recorder.features))
+        finally:
+            set_quantization_enabled(model, True)
+        self.outputs = torch.cat(outputs)
+        self.features = {name: torch.cat([f[name] for f in features]) for name in recorder.features}
+
+    def loss(self, model: nn.Module, crops: torch.Tensor, index: torch.Tensor, recorder: _FeatureRecorder,
+             feature_weight: float) -> torch.Tensor:
+        """The distillation loss of the quantized ``model`` on ``crops[index]``."""
+        out_q = model(crops[index])
+        feats_fp = {name: f[index] for name, f in self.features.items()}
+        return distillation_loss(out_q, self.outputs[index], recorder.features, feats_fp, feature_weight)
+
+
 def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
 
@@ -106,20 +135,24 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.iters, 1))
     generator = torch.Generator().manual_seed(seed)
-    start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        start = _restore(checkpoint, model, carry, optimizer, schedule, generator, fingerprint)
+    floors = _range_floors(model)
     recorder = _FeatureRecorder(feature_modules(model, feature_pattern))
-    device = params[0].device
+    crops = crops.to(params[0].device)
     losses = []
     try:
+        # the teacher comes from the model as refinement starts, also when resuming, so a resumed
+        # run sees the very teacher an uninterrupted one did (re-folds shift the last float bit)
+        teacher = _Teacher(model, crops, recorder) if settings.iters else None
+        start = 0
+        if checkpoint is not None and checkpoint.is_file():
+            start = _restore(checkpoint, model, carry, optimizer, schedule, generator, fingerprint)
         for i in progress_bar(range(start, settings.iters), "refining bounds", total=settings.iters - start):
-            batch = crops[torch.randint(len(crops), (settings.batch,), generator=generator)].to(device)
-            loss = distillation_step_loss(model, batch, recorder, settings.feature_weight)
+            index = torch.randint(len(crops), (settings.batch,), generator=generator)
+            loss = teacher.loss(model, crops, index.to(crops.device), recorder, settings.feature_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            _keep_ordered(model)
+            _keep_open(model, floors)
             schedule.step()
             if between_steps is not None:
                 between_steps(i)
@@ -135,15 +168,28 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
 
 
 @torch.no_grad()
-def _keep_ordered(model: nn.Module) -> None:
-    """Project the bounds back to ``upper > lower`` after a step: a quantizer whose bounds cross
-    has no grid (and an artifact could not store it)."""
-    for q in quantizers(model).values():
+def _keep_open(model: nn.Module, floors: dict[str, torch.Tensor]) -> None:
+    """Project each quantizer back to ``upper - lower >= floor`` after a step: crossed bounds have
+    no grid (an artifact could not store them), and a range squeezed to nothing sends every
+    value to one level, a collapse the loss cannot climb out of once the step size is ~0."""
+    for name, q in quantizers(model).items():
         lower, _ = q.bounds()
-        q.upper.copy_(torch.maximum(q.upper, lower + MIN_RANGE))
+        if q.symmetric:
+            q.upper.copy_(torch.maximum(q.upper, floors[name] / 2))
+        else:
+            q.upper.copy_(torch.maximum(q.upper, lower + floors[name]))
 
 
-MIN_RANGE = 1e-6
+#: the narrowest range refinement may leave a quantizer, as a fraction of its starting range
+MIN_RANGE_FRACTION = 0.05
+
+
+def _range_floors(model: nn.Module) -> dict[str, torch.Tensor]:
+    floors = {}
+    for name, q in quantizers(model).items():
+        lower, upper = q.bounds()
+        floors[name] = ((upper - lower).detach() * MIN_RANGE_FRACTION).clamp_min(1e-6)
+    return floors
 
 
 def _save(path: Path, done: int, model, carry, optimizer, schedule, generator, fingerprint) -> None:
