@@ -16,7 +16,7 @@ _err = Console(stderr=True)
 
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
 # Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
-DEFAULT_ITERS, DEFAULT_BATCH = 160, 4
+DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 

@@ -126,3 +126,30 @@ def test_bad_refinement_settings(shared, tmp_path, capsys):
     one_line_error([*base, "--device", "tpu"], capsys, "--device")
     one_line_error([*base, "--bits", 1], capsys, "2 to 8")
     assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_refuses_bad_calibration_folders_and_foreign_artifacts(shared, tiny_benchmarks, tmp_path, capsys):
+    pan, imdn = shared / "weights" / "PANx2_DF2K.pth", shared / "weights" / "IMDN_x2.pth"
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir()
+    junk.mkdir()
+    (junk / "a.png").write_text("not an image")
+    base = ["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "-o", tmp_path / "o"]
+    one_line_error([*base, "--calib", empty], capsys, "holds no images")
+    one_line_error([*base, "--calib", junk], capsys, "a.png")
+    assert not (tmp_path / "o").exists()
+
+    artifact = tmp_path / "pan_art"
+    code, _, err = run_cli(["calibrate", "--model", pan, "--method", "minmax", "--bits", 3, "--calib",
+                            shared / "data" / "calib" / "DIV2K_valid_crop256", "--crops", 2, "--patch", 16,
+                            "-o", artifact], capsys)
+    assert code == 0, err
+    one_line_error(["eval", "--model", imdn, "--artifact", artifact, "--datasets", "Tiny",
+                    "--data-root", tiny_benchmarks], capsys, "calibrated for PANx2_DF2K.pth")
+
+
+def test_the_cli_defaults_match_the_calibration_stage():
+    from harmoq_deploy import cli
+    from harmoq_deploy.calibrate import methods
+
+    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH) == (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH)

@@ -10,8 +10,8 @@ scales) and a record of what each step did.
   structural weight correction), ABR (bound refinement alternating with HSO re-solves).
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
-  distillation loss on a fixed batch of calibration crops: both solve per-layer proxies of
-  that loss, and the guard stops a proxy win from being a network loss.
+  distillation loss on calibration crops held out from its fit: both solve per-layer proxies
+  of that loss, and the guard stops a proxy win from being a network loss.
 """
 
 import time
@@ -31,8 +31,8 @@ from .observe import observe_activations
 from .refine import RefineSettings, _FeatureRecorder, distillation_step_loss, feature_modules, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated in 12.2 minutes (measured, 2 cores)
-DEFAULT_ITERS, DEFAULT_BATCH = 160, 4
+#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 788.5 s (measured 2026-11-28, 2 cores)
+DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 
 
 @dataclass
