@@ -85,7 +85,7 @@ def main() -> None:
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
                      "cosine. Coverage: the architecture's default; weights per-channel, activations per-tensor, "
                      "asymmetric, except `@tensorrt` rows: the grids TensorRT executes exactly (symmetric "
-                     "per-channel weights; activations symmetric except where the offset folds into a bias). "
+                     "per-channel weights; activations per tensor, their offsets restored exactly by the exporter). "
                      "`calib s` = wall time of the whole calibration (observation included)."),
     }
     rows: list[QualityRow] = []
