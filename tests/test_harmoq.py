@@ -10,8 +10,8 @@ from harmoq_deploy.calibrate import refine as refine_module
 from harmoq_deploy.calibrate.baselines import Dobi
 from harmoq_deploy.calibrate.bounds import initialise_bounds, set_weight_bounds
 from harmoq_deploy.calibrate.hso import apply_scale, closed_form_scale, find_fold_groups, record_inputs
-from harmoq_deploy.calibrate.methods import _guard_loss
 from harmoq_deploy.calibrate.observe import observe_activations
+from harmoq_deploy.calibrate.refine import Teacher
 from harmoq_deploy.calibrate.src import layer_rows, solve_correction, structural_objective, \
     structural_residual_calibration
 from harmoq_deploy.data import sample_calibration_crops
@@ -78,9 +78,8 @@ def test_abr_lowers_the_distillation_loss(shared):
     (abr,) = calibrated.steps
     assert abr.name == "abr" and abr.detail["iterations_run"] == 20
     dobi = _dobi(load_model(shared / "weights" / "PANx2_DF2K.pth"), crops, QuantConfig(wbits=3, abits=3))
-    guard = _crops(shared, 4, 9)
-    layout = source.layout
-    assert _guard_loss(calibrated.model, guard, layout, 5.0) < 0.9 * _guard_loss(dobi, guard, layout, 5.0)
+    held_out = Teacher(dobi, _crops(shared, 4, 9), source.layout.feature_taps)
+    assert held_out.judge(calibrated.model, 5.0) < 0.9 * held_out.judge(dobi, 5.0)
 
 
 @pytest.fixture
@@ -111,6 +110,27 @@ def test_harmoq_artifact_round_trip_restores_corrected_weights(shared, tmp_path,
         assert torch.equal(rebuilt(probe), calibrated.model(probe))
 
 
+def test_harmoq_refines_towards_the_float_model_not_the_corrected_one(shared, harmoq_imdn, monkeypatch):
+    crops = _crops(shared, 6, 0)
+    with torch.no_grad():
+        float_out = load_model(shared / "weights" / "IMDN_x2.pth").module(crops)
+    teachers = []
+    real_refine = methods_module.refine_bounds
+    monkeypatch.setattr(methods_module, "refine_bounds",
+                        lambda *a, **kw: teachers.append(kw["teacher"]) or real_refine(*a, **kw))
+    source, config, method = harmoq_imdn(hso=False)
+    calibrated = calibrate(source, config, method, crops)
+
+    def relative(out):
+        return ((out - float_out).norm() / float_out.norm()).item()
+
+    set_quantization_enabled(calibrated.model, False)
+    with torch.no_grad():
+        corrected_out = calibrated.model(crops)
+    assert calibrated.corrected_weights and relative(corrected_out) > 1e-3, "SRC moved the float function"
+    assert relative(teachers[0].outputs) < 1e-6
+
+
 def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harmoq_imdn, monkeypatch):
     crops = _crops(shared, 6, 0)
     source, config, method = harmoq_imdn()
@@ -119,21 +139,21 @@ def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harm
     real_settings = methods_module.RefineSettings
     monkeypatch.setattr(methods_module, "RefineSettings", lambda **kw: real_settings(checkpoint_every=2, **kw))
     calls = {"n": 0}
-    real_step = refine_module._Teacher.loss
+    real_step = refine_module.Teacher.loss
 
     def failing_step(*args, **kwargs):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # refinement steps, not the guards' no-grad judging
         if calls["n"] == 4:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
     checkpoint = tmp_path / "ckpt.pt"
-    monkeypatch.setattr(refine_module._Teacher, "loss", failing_step)
+    monkeypatch.setattr(refine_module.Teacher, "loss", failing_step)
     source, config, method = harmoq_imdn()
     with pytest.raises(KeyboardInterrupt):
         calibrate(source, config, method, crops, checkpoint=checkpoint)
     assert checkpoint.is_file()
-    monkeypatch.setattr(refine_module._Teacher, "loss", real_step)
+    monkeypatch.setattr(refine_module.Teacher, "loss", real_step)
     source, config, method = harmoq_imdn()
     resumed = calibrate(source, config, method, crops, checkpoint=checkpoint).model
     reference_state, resumed_state = reference.state_dict(), resumed.state_dict()

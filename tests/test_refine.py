@@ -5,13 +5,7 @@ import torch
 
 from harmoq_deploy.calibrate import calibrate, make_method
 from harmoq_deploy.calibrate import refine as refine_module
-from harmoq_deploy.calibrate.refine import (
-    RefineSettings,
-    _FeatureRecorder,
-    distillation_step_loss,
-    feature_modules,
-    refine_bounds,
-)
+from harmoq_deploy.calibrate.refine import RefineSettings, Teacher, feature_modules, refine_bounds
 from harmoq_deploy.data import sample_calibration_crops
 from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.models import load_model
@@ -29,11 +23,7 @@ def dobi_pan(shared):
 
 
 def held_out_loss(model, pattern, crops):
-    recorder = _FeatureRecorder(feature_modules(model, pattern))
-    with torch.no_grad():
-        loss = distillation_step_loss(model, crops, recorder, 5.0).item()
-    recorder.close()
-    return loss
+    return Teacher(model, crops, pattern).judge(model, 5.0)
 
 
 def test_feature_taps_are_the_residual_groups(dobi_pan):

@@ -28,7 +28,7 @@ from .baselines import Dobi
 from .bounds import initialise_bounds, set_weight_bounds
 from .hso import FoldGroup, find_fold_groups, record_inputs, solve_group
 from .observe import observe_activations
-from .refine import RefineSettings, _FeatureRecorder, distillation_step_loss, feature_modules, refine_bounds
+from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
 #: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 788.5 s (measured 2026-11-28, 2 cores)
@@ -50,15 +50,6 @@ class RunResult:
     changed_parameters: dict[str, torch.Tensor]
     steps: list[StepReport]
     scales: dict[str, dict]
-
-
-def _guard_loss(model: nn.Module, crops: torch.Tensor, layout: ArchLayout, feature_weight: float) -> float:
-    recorder = _FeatureRecorder(feature_modules(model, layout.feature_taps))
-    try:
-        with torch.no_grad():
-            return distillation_step_loss(model, crops.to(next(model.parameters())), recorder, feature_weight).item()
-    finally:
-        recorder.close()
 
 
 def split_crops(crops: torch.Tensor, guard: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,14 +114,18 @@ class HarmoQ:
         bounds = {id(p) for q in quantizers(model).values() for p in q.parameters()}
         before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in bounds}
         guard, fit = split_crops(crops, self.guard_crops, seed)
+        # SRC moves the float function (the corrected weights unquantized are not the float
+        # model): every loss is taken against teachers computed before any step runs
+        held_out = Teacher(model, guard, layout.feature_taps)
+        teacher = Teacher(model, crops, layout.feature_taps) if self.abr and self.iters else None
         steps: list[StepReport] = []
         groups: list[FoldGroup] = []
         if self.hso:
-            groups = self._harmonize(model, fit, guard, layout, seed, steps)
+            groups = self._harmonize(model, fit, held_out, seed, steps)
         if self.src:
-            self._structural_residual(model, fit, guard, layout, seed, steps)
+            self._structural_residual(model, fit, held_out, seed, steps)
         if self.abr:
-            self._refine(model, crops, groups, layout, seed, checkpoint, steps)
+            self._refine(model, crops, teacher, groups, layout, seed, checkpoint, steps)
         changed = {n: p.detach().clone() for n, p in model.named_parameters()
                    if n in before and not torch.equal(p, before[n])}
         scales = {g.producer: {"consumers": list(g.consumers), "scale": g.scale.clone(),
@@ -138,20 +133,20 @@ class HarmoQ:
                   for g in groups if not torch.isnan(g.exponent)}
         return RunResult(changed, steps, scales)
 
-    def _guarded(self, model, guard, layout, name, apply, steps) -> bool:
-        """Run ``apply()``; keep its effect only if the guard loss drops."""
+    def _guarded(self, model, held_out: Teacher, name, apply, steps) -> bool:
+        """Run ``apply()``; keep its effect only if the loss on the held-out crops drops."""
         start = time.perf_counter()
         saved = {k: v.clone() for k, v in model.state_dict().items()}
-        loss_before = _guard_loss(model, guard, layout, self.feature_weight)
+        loss_before = held_out.judge(model, self.feature_weight)
         detail = apply()
-        loss_after = _guard_loss(model, guard, layout, self.feature_weight)
+        loss_after = held_out.judge(model, self.feature_weight)
         applied = loss_after < loss_before
         if not applied:
             model.load_state_dict(saved)
         steps.append(StepReport(name, applied, loss_before, loss_after, time.perf_counter() - start, detail))
         return applied
 
-    def _harmonize(self, model, fit, guard, layout, seed, steps) -> list[FoldGroup]:
+    def _harmonize(self, model, fit, held_out, seed, steps) -> list[FoldGroup]:
         param = next(model.parameters())
         set_quantization_enabled(model, False)
         try:
@@ -167,13 +162,13 @@ class HarmoQ:
                 initialise_bounds(model, Dobi(), stats)
             return {"fold_groups": len(groups), "scaled": len(changed)}
 
-        if not self._guarded(model, guard, layout, "hso", apply, steps):
+        if not self._guarded(model, held_out, "hso", apply, steps):
             for g in groups:
                 g.scale.fill_(1.0)
                 g.exponent.fill_(float("nan"))
         return [g for g in groups if not torch.isnan(g.exponent)]
 
-    def _structural_residual(self, model, fit, guard, layout, seed, steps) -> None:
+    def _structural_residual(self, model, fit, held_out, seed, steps) -> None:
         def apply() -> dict:
             chosen = structural_residual_calibration(
                 model, fit[-self.src_crops:], self.ridges,
@@ -181,9 +176,9 @@ class HarmoQ:
             counts = {str(r): list(chosen.values()).count(r) for r in self.ridges}
             return {"corrected_layers": len(chosen), "ridge_counts": counts}
 
-        self._guarded(model, guard, layout, "src", apply, steps)
+        self._guarded(model, held_out, "src", apply, steps)
 
-    def _refine(self, model, crops, groups, layout, seed, checkpoint, steps) -> None:
+    def _refine(self, model, crops, teacher, groups, layout, seed, checkpoint, steps) -> None:
         start = time.perf_counter()
         resolves = []
 
@@ -197,7 +192,7 @@ class HarmoQ:
         settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight)
         losses = refine_bounds(model, crops, layout.feature_taps, settings, seed=seed, checkpoint=checkpoint,
                                between_steps=between_steps, carry=carry,
-                               fingerprint={"method": self.name, **asdict(self)})
+                               fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)
         steps.append(StepReport("abr", True, losses[0] if losses else None, losses[-1] if losses else None,
                                 time.perf_counter() - start,
                                 {"iterations_run": len(losses), "hso_resolves_changed_groups": resolves}))

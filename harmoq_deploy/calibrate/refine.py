@@ -1,7 +1,8 @@
 """Gradient refinement of the quantizer bounds by distillation to the float model (weights frozen).
 
 This is 2DQuant's DQC stage and the optimisation loop HarmoQ's ABR builds on. The teacher is the
-same network with its quantizers bypassed, so no second copy of the weights is held. Objective:
+same network with its quantizers bypassed, evaluated once before any weight changes (``Teacher``),
+so no second copy of the weights is held. Objective:
 
     L = L1(out_Q, out_FP) + feature_weight * sum_g MSE(n(f_g^Q), n(f_g^FP)),
 
@@ -67,45 +68,48 @@ def distillation_loss(out_q, out_fp, feats_q: dict, feats_fp: dict, feature_weig
     return loss
 
 
-def distillation_step_loss(model: nn.Module, batch: torch.Tensor, recorder: _FeatureRecorder,
-                           feature_weight: float) -> torch.Tensor:
-    """The distillation loss of ``model`` on ``batch``: its bypassed self is the teacher."""
-    with torch.no_grad():
-        set_quantization_enabled(model, False)
-        out_fp = model(batch)
-        feats_fp = dict(recorder.features)
-        set_quantization_enabled(model, True)
-    out_q = model(batch)
-    return distillation_loss(out_q, out_fp, recorder.features, feats_fp, feature_weight)
+class Teacher:
+    """The float model's outputs and tapped features on a set of crops, computed once.
 
-
-class _Teacher:
-    """The float model's outputs and tapped features on every calibration crop, computed once.
-
-    Refinement changes only bounds (and HSO re-folds that keep the float function), so the
-    teacher half of each step is the same every time it meets a crop: caching it saves a
-    forward pass per step.
+    Taken from ``model`` with its quantizers bypassed, at construction: build it before anything
+    changes the float function (SRC's weight corrections do), so that every later loss is
+    measured against the float model the user handed in and not against a corrected one.
+    Refinement changes only bounds (and HSO re-folds that keep the float function), so caching
+    the teacher also saves a forward pass per step.
     """
 
-    def __init__(self, model: nn.Module, crops: torch.Tensor, recorder: _FeatureRecorder, chunk: int = 8):
+    def __init__(self, model: nn.Module, crops: torch.Tensor, feature_pattern: str, chunk: int = 8):
+        self.crops = crops.to(next(model.parameters()))
+        self.feature_pattern = feature_pattern
         outputs, features = [], []
+        recorder = _FeatureRecorder(feature_modules(model, feature_pattern))
         set_quantization_enabled(model, False)
         try:
             with torch.no_grad():
-                for start in range(0, len(crops), chunk):
-                    outputs.append(model(crops[start:start + chunk]))
+                for start in range(0, len(self.crops), chunk):
+                    outputs.append(model(self.crops[start:start + chunk]))
                     features.append(dict(recorder.features))
         finally:
             set_quantization_enabled(model, True)
+            recorder.close()
         self.outputs = torch.cat(outputs)
         self.features = {name: torch.cat([f[name] for f in features]) for name in recorder.features}
 
-    def loss(self, model: nn.Module, crops: torch.Tensor, index: torch.Tensor, recorder: _FeatureRecorder,
+    def loss(self, model: nn.Module, index: torch.Tensor, recorder: _FeatureRecorder,
              feature_weight: float) -> torch.Tensor:
-        """The distillation loss of the quantized ``model`` on ``crops[index]``."""
-        out_q = model(crops[index])
+        """The distillation loss of the quantized ``model`` on crops ``index``."""
+        out_q = model(self.crops[index])
         feats_fp = {name: f[index] for name, f in self.features.items()}
         return distillation_loss(out_q, self.outputs[index], recorder.features, feats_fp, feature_weight)
+
+    def judge(self, model: nn.Module, feature_weight: float) -> float:
+        """The distillation loss of the quantized ``model`` on all the teacher's crops."""
+        recorder = _FeatureRecorder(feature_modules(model, self.feature_pattern))
+        try:
+            with torch.no_grad():
+                return self.loss(model, torch.arange(len(self.crops)), recorder, feature_weight).item()
+        finally:
+            recorder.close()
 
 
 def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -115,8 +119,12 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
                   seed: int = 0, checkpoint: Path | None = None,
                   between_steps: Callable[[int], None] | None = None,
-                  carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None) -> list[float]:
+                  carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
+                  teacher: Teacher | None = None) -> list[float]:
     """Refine every quantizer bound of ``model`` in place; return the loss of each iteration run.
+
+    ``teacher`` holds the float model's outputs on ``crops``; without one it is taken from
+    ``model`` as refinement starts, which is right only if nothing has changed its weights.
 
     ``between_steps(i)`` runs after optimiser step ``i`` (HarmoQ re-solves its scales there);
     ``carry`` holds tensors it updates in place that a resumed run needs back. A checkpoint is
@@ -140,15 +148,16 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     crops = crops.to(params[0].device)
     losses = []
     try:
-        # the teacher comes from the model as refinement starts, also when resuming, so a resumed
-        # run sees the very teacher an uninterrupted one did (re-folds shift the last float bit)
-        teacher = _Teacher(model, crops, recorder) if settings.iters else None
+        # taken before the checkpoint is restored, so a resumed run sees the very teacher an
+        # uninterrupted one did (re-folds shift the last float bit)
+        if teacher is None and settings.iters:
+            teacher = Teacher(model, crops, feature_pattern)
         start = 0
         if checkpoint is not None and checkpoint.is_file():
             start = _restore(checkpoint, model, carry, optimizer, schedule, generator, fingerprint)
         for i in progress_bar(range(start, settings.iters), "refining bounds", total=settings.iters - start):
             index = torch.randint(len(crops), (settings.batch,), generator=generator)
-            loss = teacher.loss(model, crops, index.to(crops.device), recorder, settings.feature_weight)
+            loss = teacher.loss(model, index.to(crops.device), recorder, settings.feature_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
