@@ -31,7 +31,7 @@ from .observe import observe_activations
 from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 788.5 s (measured 2026-11-28, 2 cores)
+#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 862.3 s (bench_quality, 2026-11-28, 2 cores)
 DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 
 
