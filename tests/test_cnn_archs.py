@@ -93,3 +93,19 @@ def test_set5_bird_psnr(shared, name, scale, expected):
         y = model(x)[0].clamp(0, 1)
     sr = (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert _psnr_y(sr, hr[: sr.shape[0], : sr.shape[1]], scale) == pytest.approx(expected, abs=0.01)
+
+
+def test_imdn_contrast_of_a_constant_channel_has_a_finite_gradient():
+    """Coarse quantization can make a channel constant; sqrt's infinite slope at zero variance
+    sent NaN into bound refinement (IMDN x2, TensorRT grids, W3A3)."""
+    from harmoq_deploy.models.imdn.arch import _channel_stddev
+
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    x[:, 1] = 0.25
+    x.requires_grad_(True)
+    stddev = _channel_stddev(x)
+    reference = x.detach().flatten(2).std(dim=2, unbiased=False)
+    assert torch.allclose(stddev.flatten(2).squeeze(2), reference)
+    stddev.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[:, 1], torch.zeros_like(x.grad[:, 1]))

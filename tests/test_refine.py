@@ -77,3 +77,11 @@ def test_refinement_never_squeezes_a_range_below_its_floor(dobi_pan):
     for name, q in quantizers(model).items():
         width = q.bounds()[1] - q.bounds()[0]
         assert (width >= refine_module.MIN_RANGE_FRACTION * start[name] * (1 - 1e-3)).all(), name
+
+
+def test_a_diverging_refinement_stops_with_a_one_line_error(dobi_pan, monkeypatch):
+    source, model, crops = dobi_pan()
+    poisoned = refine_module.distillation_loss
+    monkeypatch.setattr(refine_module, "distillation_loss", lambda *args: poisoned(*args) * float("nan"))
+    with pytest.raises(HarmoqError, match="diverged at iteration 1"):
+        refine_bounds(model, crops, source.layout.feature_taps, RefineSettings(iters=3, batch=2), seed=0)

@@ -160,6 +160,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
             loss = teacher.loss(model, index.to(crops.device), recorder, settings.feature_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _check_finite(params, i)
             optimizer.step()
             _keep_open(model, floors)
             schedule.step()
@@ -174,6 +175,13 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     return losses
+
+
+def _check_finite(params: list[nn.Parameter], i: int) -> None:
+    """Stop at the first non-finite gradient: Adam would write NaN into every bound it touches,
+    and the calibration would end 'successfully' with a model that outputs noise."""
+    if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+        raise HarmoqError(f"bound refinement diverged at iteration {i + 1}: a bound's gradient is NaN or infinite")
 
 
 @torch.no_grad()

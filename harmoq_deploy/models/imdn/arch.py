@@ -31,7 +31,12 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
 def _channel_stddev(x: torch.Tensor) -> torch.Tensor:
     """Per-channel standard deviation over H and W (population, not sample), shape [N, C, 1, 1]."""
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+    variance = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
+    # sqrt's slope is infinite at 0, and a channel that quantization makes constant has zero
+    # variance: bound refinement's gradients would turn NaN. The value is the same; the
+    # slope of a constant channel's stddev is taken as 0.
+    constant = variance == 0
+    return torch.where(constant, variance, variance.masked_fill(constant, 1.0).sqrt())
 
 
 class CCALayer(nn.Module):
