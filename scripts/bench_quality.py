@@ -39,6 +39,20 @@ def _method(label: str, args):
     return make_method(name, **(refine if name in ("2dquant", "harmoq") else {}))
 
 
+def table_order(rows: list[QualityRow]) -> list[QualityRow]:
+    """Rows grouped by model (first seen first), then FP and widest bits first, then method in
+    the order of the method list, however many sittings (``--resume``) they were computed in."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    labels = list(dict.fromkeys(("fp", *METHODS, *ABLATION)))
+
+    def key(row: QualityRow) -> tuple:
+        weight_bits = 0 if row.bits == "FP" else int(row.bits[1:row.bits.index("A")])
+        method = labels.index(row.method) if row.method in labels else len(labels)
+        return models.index(row.model), row.bits != "FP", -weight_bits, method
+
+    return sorted(rows, key=key)
+
+
 def margins(rows: list[QualityRow], better: str, base: str) -> str:
     """PSNR/SSIM of ``better`` minus ``base`` for every cell both have, and the mean per bit width."""
     cells = {(r.model, r.bits, r.method, r.dataset): r for r in rows}
@@ -100,7 +114,7 @@ def main() -> None:
     def write() -> None:
         appendix = margins(rows, "dobi+src+hso+abr (harmoq)", "dobi") if args.ablation else \
             margins(rows, "harmoq", "2dquant") + margins(rows, "harmoq@tensorrt", "harmoq")
-        write_results(stem, rows, meta, appendix)
+        write_results(stem, table_order(rows), meta, appendix)
 
     def record(row: QualityRow) -> None:
         rows.append(row)
