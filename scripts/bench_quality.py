@@ -112,8 +112,9 @@ def main() -> None:
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
 
     def write() -> None:
-        appendix = margins(rows, "dobi+src+hso+abr (harmoq)", "dobi") if args.ablation else \
-            margins(rows, "harmoq", "2dquant") + margins(rows, "harmoq@tensorrt", "harmoq")
+        comparisons = [("dobi+src+hso+abr (harmoq)", "dobi")] if args.ablation else \
+            [("harmoq", "2dquant"), ("harmoq@tensorrt", "harmoq")]
+        appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
         write_results(stem, table_order(rows), meta, appendix)
 
     def record(row: QualityRow) -> None:

@@ -41,7 +41,7 @@ def write_results(stem: str, rows: list[QualityRow], meta: dict, appendix: str =
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
     write_atomic(RESULTS / f"{stem}.json", (json.dumps(payload, indent=1) + "\n").encode())
-    write_atomic(RESULTS / f"{stem}.md", (markdown(rows, meta) + appendix).encode())
+    write_atomic(RESULTS / f"{stem}.md", (markdown(rows, meta) + (f"\n{appendix}" if appendix else "")).encode())
 
 
 def markdown(rows: list[QualityRow], meta: dict) -> str:
