@@ -43,6 +43,20 @@ def test_refinement_lowers_the_held_out_distillation_loss_and_freezes_weights(sh
     assert all(p.requires_grad for n, p in model.named_parameters() if n in weights)
 
 
+def test_bias_refinement_moves_only_the_quantized_layers_biases_and_lowers_the_loss(dobi_pan):
+    source, model, crops = dobi_pan()
+    quantized = {n for n, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    biases = {f"{n}.bias" for n in quantized if getattr(model.get_submodule(n), "bias", None) is not None}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()
+              if not n.endswith(("lower", "upper")) and n not in biases}
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if n in biases}
+    losses = refine_bounds(model, crops, source.layout.feature_taps,
+                           RefineSettings(iters=20, batch=3, bias_lr=1e-3), seed=0)
+    assert biases and all(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n in biases)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
 def test_an_interrupted_run_resumes_to_the_same_bounds(tmp_path, dobi_pan):
     settings = RefineSettings(iters=12, batch=2, checkpoint_every=4)
     source, reference, crops = dobi_pan()

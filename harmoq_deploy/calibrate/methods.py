@@ -92,7 +92,8 @@ class HarmoQ:
     ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridges`` are SRC's candidate
     relative lambdas (chosen per layer by hold-out); ``src_crops`` how many calibration crops
     SRC's single pass uses; ``hso_resolves`` how many HSO re-solves ABR spreads evenly over
-    its iterations.
+    its iterations; ``bias_lr`` > 0 lets ABR refine the quantized layers' biases (the constant
+    part of SRC's correction) along with the bounds.
     """
 
     iters: int = DEFAULT_ITERS
@@ -107,6 +108,7 @@ class HarmoQ:
     hso_crops: int = 8
     guard_crops: int = 8
     hso_resolves: int = 3
+    bias_lr: float = 0.0
     name = "harmoq"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -189,7 +191,8 @@ class HarmoQ:
                 resolves.append(sum(solve_group(model, g, True) for g in groups))
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}
-        settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight)
+        settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
+                                  bias_lr=self.bias_lr)
         losses = refine_bounds(model, crops, layout.feature_taps, settings, seed=seed, checkpoint=checkpoint,
                                between_steps=between_steps, carry=carry,
                                fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)

@@ -7,7 +7,9 @@ so no second copy of the weights is held. Objective:
     L = L1(out_Q, out_FP) + feature_weight * sum_g MSE(n(f_g^Q), n(f_g^FP)),
 
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
-normalisation of each sample's flattened features. Adam on the bounds only, cosine decay.
+normalisation of each sample's flattened features. Adam on the bounds, cosine decay; with
+``bias_lr > 0`` also on the biases of the quantized layers, at that learning rate (HarmoQ's ABR
+refines the bias part of SRC's correction this way; 2DQuant keeps every weight frozen).
 
 The loop checkpoints its full state (the model's state dict, so bounds and anything a
 ``between_steps`` hook changed, the ``carry`` tensors, optimiser, schedule, random generator)
@@ -38,6 +40,7 @@ class RefineSettings:
     lr: float = 1e-2
     feature_weight: float = 5.0
     checkpoint_every: int = 25
+    bias_lr: float = 0.0
 
 
 def feature_modules(model: nn.Module, pattern: str) -> dict[str, nn.Module]:
@@ -116,12 +119,17 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
 
 
+def _quantized_layer_biases(model: nn.Module) -> list[nn.Parameter]:
+    return [m.bias for m in model.modules() if hasattr(m, "weight_quantizer") and m.bias is not None]
+
+
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
                   seed: int = 0, checkpoint: Path | None = None,
                   between_steps: Callable[[int], None] | None = None,
                   carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
                   teacher: Teacher | None = None) -> list[float]:
-    """Refine every quantizer bound of ``model`` in place; return the loss of each iteration run.
+    """Refine every quantizer bound of ``model`` in place (and, if ``settings.bias_lr > 0``, the
+    biases of its quantized layers); return the loss of each iteration run.
 
     ``teacher`` holds the float model's outputs on ``crops``; without one it is taken from
     ``model`` as refinement starts, which is right only if nothing has changed its weights.
@@ -134,13 +142,16 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     carry = carry or {}
     if settings.iters < 0 or settings.batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    params = _bound_parameters(model)
+    bounds = _bound_parameters(model)
+    biases = _quantized_layer_biases(model) if settings.bias_lr > 0 else []
+    params = bounds + biases
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    groups = [{"params": bounds, "lr": settings.lr}] + ([{"params": biases, "lr": settings.bias_lr}] if biases else [])
+    optimizer = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.iters, 1))
     generator = torch.Generator().manual_seed(seed)
     floors = _range_floors(model)
