@@ -31,6 +31,7 @@ from ..errors import HarmoqError, first_line
 from ..io import write_atomic
 from ..progress import progress_bar
 from ..quant import quantizers, set_quantization_enabled
+from ..quant.layers import QUANT_LAYER_TYPES
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _quantized_layer_biases(model: nn.Module) -> list[nn.Parameter]:
-    return [m.bias for m in model.modules() if hasattr(m, "weight_quantizer") and m.bias is not None]
+    return [m.bias for m in model.modules() if isinstance(m, QUANT_LAYER_TYPES) and m.bias is not None]
 
 
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
