@@ -4,7 +4,7 @@ Writes docs/results/<stem>.json and .md (rows: model, bits, method, dataset, psn
 calib_seconds). Each finished configuration is written at once; ``--resume`` keeps the rows of
 an earlier run with the same settings and computes only the missing ones, so a long table can be
 filled across several sittings. ``--ablation`` replaces the method list with HarmoQ's ablation
-(DOBI -> +SRC -> +HSO -> +ABR).
+(DOBI -> +SRC -> +HSO -> +ABR on the bounds -> +ABR on the biases too = HarmoQ).
 
     .venv/bin/python scripts/bench_quality.py                        # the full table (hours on a CPU)
     .venv/bin/python scripts/bench_quality.py --models IMDN_x2 --bits 3 --datasets Set5 --iters 40
@@ -16,38 +16,40 @@ import time
 
 from benchlib import MODELS, RESULTS, QualityRow, machine, today, write_results
 
-from harmoq_deploy.calibrate import HarmoQ, calibrate, make_method
-from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_ITERS
+from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
+from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
 from harmoq_deploy.eval import score_pairs
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
 from harmoq_deploy.quant import QuantConfig
 
-METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq+bias", "harmoq@tensorrt")
-#: HarmoQ variants that get rows of their own beside the default
-VARIANTS = {"harmoq+bias": dict(bias_lr=1e-3)}
+METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt")
+#: labels of their own for a method run with settings other than its defaults: label -> (method, settings),
+#: run only when named in --methods. `harmoq-frozen-bias`: HarmoQ before 2026-11-29, its ABR refining the
+#: bounds alone; `2dquant+bias`: the control that gives DQC HarmoQ's bias freedom (not the paper's 2DQuant).
+VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0)),
+            "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
 TENSORRT = "@tensorrt"
 ABLATION = {"dobi": dict(src=False, hso=False, abr=False), "dobi+src": dict(hso=False, abr=False),
-            "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr (harmoq)": {}}
+            "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr": dict(bias_lr=0.0),
+            "dobi+src+hso+abr+bias (harmoq)": {}}
 
 
 def _method(label: str, args):
     refine = dict(iters=args.iters, batch=args.batch)
     if label in ABLATION:
         return HarmoQ(**refine, **ABLATION[label])
-    name = label.removesuffix(TENSORRT)
-    if name in VARIANTS:
-        return HarmoQ(**refine, **VARIANTS[name])
-    return make_method(name, **(refine if name in ("2dquant", "harmoq") else {}))
+    name, settings = VARIANTS.get(label.removesuffix(TENSORRT), (label.removesuffix(TENSORRT), {}))
+    return make_method(name, **(refine if name in OPTIMIZING_METHODS else {}), **settings)
 
 
 def table_order(rows: list[QualityRow]) -> list[QualityRow]:
     """Rows grouped by model (first seen first), then FP and widest bits first, then method in
     the order of the method list, however many sittings (``--resume``) they were computed in."""
     models = list(dict.fromkeys(r.model for r in rows))
-    labels = list(dict.fromkeys(("fp", *METHODS, *ABLATION)))
+    labels = list(dict.fromkeys(("fp", *METHODS, *VARIANTS, *ABLATION)))
 
     def key(row: QualityRow) -> tuple:
         weight_bits = 0 if row.bits == "FP" else int(row.bits[1:row.bits.index("A")])
@@ -101,8 +103,10 @@ def main() -> None:
         "protocol": (f"PSNR/SSIM on Y (BT.601), border = scale, uint8 output. Calibration: {args.crops} LR crops of "
                      f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
-                     "cosine; `harmoq+bias`: HarmoQ whose ABR also refines the biases of the quantized layers "
-                     "(Adam lr 1e-3). Coverage: the architecture's default; weights per-channel, activations per-tensor, "
+                     f"cosine; HarmoQ's ABR also refines the biases of the quantized layers (Adam lr "
+                     f"{DEFAULT_BIAS_LR:g}; `harmoq-frozen-bias`: without that, HarmoQ before 2026-11-29; "
+                     "`2dquant+bias`: the control that gives DQC the same freedom, not the paper's 2DQuant). "
+                     "Coverage: the architecture's default; weights per-channel, activations per-tensor, "
                      "asymmetric, except `@tensorrt` rows: the grids TensorRT executes exactly (symmetric "
                      "per-channel weights; activations per tensor, their offsets restored exactly by the exporter). "
                      "`calib s` = wall time of the whole calibration (observation included)."),
@@ -117,8 +121,9 @@ def main() -> None:
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
 
     def write() -> None:
-        comparisons = [("dobi+src+hso+abr (harmoq)", "dobi")] if args.ablation else \
-            [("harmoq", "2dquant"), ("harmoq+bias", "2dquant"), ("harmoq@tensorrt", "harmoq")]
+        comparisons = [("dobi+src+hso+abr+bias (harmoq)", "dobi")] if args.ablation else \
+            [("harmoq", "2dquant"), ("harmoq-frozen-bias", "2dquant"), ("harmoq", "2dquant+bias"),
+             ("harmoq@tensorrt", "harmoq")]
         appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
         write_results(stem, table_order(rows), meta, appendix)
 

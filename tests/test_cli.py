@@ -108,12 +108,13 @@ def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared,
     calib = shared / "data" / "calib" / "DIV2K_valid_crop256"
     out = tmp_path / "harmoq_art"
     code, stdout, err = run_cli(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
-                                 "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--target", "tensorrt",
-                                 "-o", out], capsys)
+                                 "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--bias-lr", 2e-3,
+                                 "--target", "tensorrt", "-o", out], capsys)
     assert code == 0, err
     assert "abr: kept" in stdout and f"wrote {out}" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["settings"]["iters"] == 4 and manifest["quant_config"]["target"] == "tensorrt"
+    assert manifest["method"]["settings"]["bias_lr"] == 2e-3
     assert manifest["corrected_weights"] or not any(s["applied"] for s in manifest["method"]["steps"][:2])
     assert not (tmp_path / ".harmoq_art.checkpoint.pt").exists(), "the checkpoint is removed once the artifact is written"
 
@@ -125,6 +126,8 @@ def test_bad_refinement_settings(shared, tmp_path, capsys):
     one_line_error([*base, "--iters", -1], capsys, "--iters")
     one_line_error([*base, "--device", "tpu"], capsys, "--device")
     one_line_error([*base, "--bits", 1], capsys, "2 to 8")
+    one_line_error([*base, "--bias-lr", -1e-3], capsys, "--bias-lr must be >= 0")
+    one_line_error([*base[:4], "2dquant", *base[5:], "--bias-lr", 1e-3], capsys, "--bias-lr is a harmoq setting")
     assert not (tmp_path / "o").exists()
 
 
@@ -152,4 +155,5 @@ def test_the_cli_defaults_match_the_calibration_stage():
     from harmoq_deploy import cli
     from harmoq_deploy.calibrate import methods
 
-    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH) == (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH)
+    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH, cli.DEFAULT_BIAS_LR) == \
+        (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH, methods.DEFAULT_BIAS_LR)

@@ -95,6 +95,7 @@ def harmoq_imdn(shared):
 
 def test_harmoq_artifact_round_trip_restores_corrected_weights(shared, tmp_path, harmoq_imdn):
     source, config, method = harmoq_imdn()
+    assert method.bias_lr > 0, "the round trip must carry the biases ABR refined"
     crops = _crops(shared, 6, 0)
     calibrated = calibrate(source, config, method, crops)
     assert [s.name for s in calibrated.steps] == ["hso", "src", "abr"]
@@ -166,6 +167,16 @@ def test_two_dquant_refines_bounds_only(shared):
     calibrated = calibrate(source, QuantConfig(wbits=2, abits=2), TwoDQuant(iters=4, batch=2), _crops(shared, 4, 0))
     assert calibrated.corrected_weights == {}
     assert all(torch.equal(p, weights[n]) for n, p in calibrated.model.named_parameters() if n in weights)
+
+
+def test_two_dquant_with_the_bias_control_reports_the_biases_it_moved(shared):
+    source = load_model(shared / "weights" / "PANx2_DF2K.pth")
+    weights = {n: p.detach().clone() for n, p in source.module.named_parameters()}
+    method = TwoDQuant(iters=4, batch=2, bias_lr=1e-3)
+    calibrated = calibrate(source, QuantConfig(wbits=2, abits=2), method, _crops(shared, 4, 0))
+    moved = {n for n, p in calibrated.model.named_parameters() if n in weights and not torch.equal(p, weights[n])}
+    assert moved and all(n.endswith(".bias") for n in moved)
+    assert set(calibrated.corrected_weights) == moved
 
 
 def test_tensorrt_target_constrains_the_grids(swinir_light_checkpoint):

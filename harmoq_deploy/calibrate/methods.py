@@ -7,7 +7,7 @@ scales) and a record of what each step did.
 
 - ``TwoDQuant``: DOBI, then DQC: the bounds alone refined by distillation to the float model.
 - ``HarmoQ``: DOBI, then HSO (harmonized per-channel scales, folded), SRC (closed-form
-  structural weight correction), ABR (bound refinement alternating with HSO re-solves).
+  structural weight correction), ABR (bound and bias refinement alternating with HSO re-solves).
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
@@ -31,8 +31,8 @@ from .observe import observe_activations
 from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 862.3 s (bench_quality, 2026-11-28, 2 cores)
-DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
+#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 660.7 s (bench_quality, 2026-11-29, 2 cores)
+DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR = 100, 4, 1e-3
 
 
 @dataclass
@@ -62,27 +62,46 @@ def split_crops(crops: torch.Tensor, guard: int, seed: int) -> tuple[torch.Tenso
     return crops[held_out], crops[rest]
 
 
+def _float_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter that is not a quantizer bound, to tell later what a method changed."""
+    bounds = {id(p) for q in quantizers(model).values() for p in q.parameters()}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in bounds}
+
+
+def _changed_since(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()
+            if n in before and not torch.equal(p, before[n])}
+
+
 @dataclass
 class TwoDQuant:
-    """2DQuant (Liu et al., NeurIPS 2024): DOBI bounds, then DQC bound refinement (weights frozen)."""
+    """2DQuant (Liu et al., NeurIPS 2024): DOBI bounds, then DQC bound refinement (weights frozen).
+
+    ``bias_lr`` > 0 is not 2DQuant (the paper keeps every weight frozen): it is the control that
+    gives DQC the bias freedom HarmoQ's ABR has, so a comparison can tell how much of HarmoQ's
+    margin that freedom alone buys.
+    """
 
     iters: int = DEFAULT_ITERS
     batch: int = DEFAULT_BATCH
     lr: float = 1e-2
     feature_weight: float = 5.0
+    bias_lr: float = 0.0
     name = "2dquant"
 
     def refine_settings(self) -> RefineSettings:
-        return RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight)
+        return RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
+                              bias_lr=self.bias_lr)
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
         start = time.perf_counter()
+        before = _float_parameters(model)
         losses = refine_bounds(model, crops, layout.feature_taps, self.refine_settings(), seed=seed,
                                checkpoint=checkpoint, fingerprint={"method": self.name, **asdict(self)})
         step = StepReport("dqc", True, losses[0] if losses else None, losses[-1] if losses else None,
                           time.perf_counter() - start, {"iterations_run": len(losses)})
-        return RunResult({}, [step], {})
+        return RunResult(_changed_since(model, before), [step], {})
 
 
 @dataclass
@@ -92,8 +111,9 @@ class HarmoQ:
     ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridges`` are SRC's candidate
     relative lambdas (chosen per layer by hold-out); ``src_crops`` how many calibration crops
     SRC's single pass uses; ``hso_resolves`` how many HSO re-solves ABR spreads evenly over
-    its iterations; ``bias_lr`` > 0 lets ABR refine the quantized layers' biases (the constant
-    part of SRC's correction) along with the bounds.
+    its iterations; ``bias_lr`` is the learning rate at which ABR also refines the quantized
+    layers' biases (the constant part of SRC's correction, which goes stale as the activation
+    grids move); 0 keeps them frozen, HarmoQ's configuration before 2026-11-29.
     """
 
     iters: int = DEFAULT_ITERS
@@ -108,13 +128,12 @@ class HarmoQ:
     hso_crops: int = 8
     guard_crops: int = 8
     hso_resolves: int = 3
-    bias_lr: float = 0.0
+    bias_lr: float = DEFAULT_BIAS_LR
     name = "harmoq"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
-        bounds = {id(p) for q in quantizers(model).values() for p in q.parameters()}
-        before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in bounds}
+        before = _float_parameters(model)
         guard, fit = split_crops(crops, self.guard_crops, seed)
         # SRC moves the float function (the corrected weights unquantized are not the float
         # model): every loss is taken against teachers computed before any step runs
@@ -128,8 +147,7 @@ class HarmoQ:
             self._structural_residual(model, fit, held_out, seed, steps)
         if self.abr:
             self._refine(model, crops, teacher, groups, layout, seed, checkpoint, steps)
-        changed = {n: p.detach().clone() for n, p in model.named_parameters()
-                   if n in before and not torch.equal(p, before[n])}
+        changed = _changed_since(model, before)
         scales = {g.producer: {"consumers": list(g.consumers), "scale": g.scale.clone(),
                                "exponent": g.exponent.item()}
                   for g in groups if not torch.isnan(g.exponent)}
