@@ -41,7 +41,8 @@ def _method(label: str, args):
     refine = dict(iters=args.iters, batch=args.batch)
     if label in ABLATION:
         return HarmoQ(**refine, **ABLATION[label])
-    name, settings = VARIANTS.get(label.removesuffix(TENSORRT), (label.removesuffix(TENSORRT), {}))
+    base = label.removesuffix(TENSORRT)
+    name, settings = VARIANTS.get(base, (base, {}))
     return make_method(name, **(refine if name in OPTIMIZING_METHODS else {}), **settings)
 
 
