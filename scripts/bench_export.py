@@ -8,7 +8,8 @@ checked by the exporter), and ``validate_graph`` on the datasets. Also measured,
 - PyTorch's own run-to-run spread: the fake-quantized model tiled with a different thread count,
   which decides rounding ties differently, the yardstick for free-running comparisons.
 
-Writes docs/results/export_parity.json and .md; ``--resume`` keeps finished configurations.
+Writes docs/results/export_parity.json and .md; ``--resume`` keeps finished configurations of a run
+with the same protocol on the same host.
 
     .venv/bin/python scripts/bench_export.py                       # DCTLSA x2 + CRAFT x4, W4A4/W3A3/W2A2
     .venv/bin/python scripts/bench_export.py --models CRAFT_x4 --bits 3 --iters 8
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from benchlib import MODELS, RESULTS, machine, today
+from benchlib import MODELS, RESULTS, machine, resumable_rows, today
 
 from harmoq_deploy.calibrate import apply_artifact, calibrate, load_artifact, make_method, method_record, save_artifact
 from harmoq_deploy.data import describe_calibration, load_datasets, sample_calibration_crops, to_rgb8, to_tensor
@@ -186,7 +187,7 @@ def main() -> None:
                   "whatever the backend: the 'other thread count' column is PyTorch against itself."),
     }
     out = RESULTS / f"{STEM}.json"
-    rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
+    rows = resumable_rows(out, meta, ("protocol",)) if args.resume and out.is_file() else []
     done = {(r["model"], r["bits"]) for r in rows}
     for name in args.models.split(","):
         for bits in args.bits:

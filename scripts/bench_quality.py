@@ -2,19 +2,19 @@
 
 Writes docs/results/<stem>.json and .md (rows: model, bits, method, dataset, psnr, ssim,
 calib_seconds). Each finished configuration is written at once; ``--resume`` keeps the rows of
-an earlier run with the same settings and computes only the missing ones, so a long table can be
-filled across several sittings. ``--ablation`` replaces the method list with HarmoQ's ablation
-(DOBI -> +SRC -> +HSO -> +ABR on the bounds -> +ABR on the biases too = HarmoQ).
+an earlier run with the same settings on the same host and computes only the missing ones, so a long
+table can be filled across several sittings (a file from another host is refused: docs/method.md,
+section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI -> +SRC -> +HSO ->
++ABR on the bounds -> +ABR on the biases too = HarmoQ).
 
     .venv/bin/python scripts/bench_quality.py                        # the full table (hours on a CPU)
     .venv/bin/python scripts/bench_quality.py --models IMDN_x2 --bits 3 --datasets Set5 --iters 40
 """
 
 import argparse
-import json
 import time
 
-from benchlib import MODELS, RESULTS, QualityRow, machine, today, write_results
+from benchlib import MODELS, RESULTS, QualityRow, machine, resumable_rows, today, write_results
 
 from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
 from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS
@@ -115,10 +115,7 @@ def main() -> None:
     rows: list[QualityRow] = []
     path = RESULTS / f"{stem}.json"
     if args.resume and path.is_file():
-        previous = json.loads(path.read_text())
-        if {k: previous["meta"].get(k) for k in settings} != settings:
-            raise SystemExit(f"{path} was made with other settings; run without --resume to start over")
-        rows = [QualityRow(**r) for r in previous["rows"]]
+        rows = [QualityRow(**r) for r in resumable_rows(path, meta, tuple(settings))]
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
 
     def write() -> None:

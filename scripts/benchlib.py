@@ -38,6 +38,19 @@ def machine() -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
+def resumable_rows(path: Path, meta: dict, keys: tuple[str, ...]) -> list[dict]:
+    """The rows of an earlier run of ``path`` to continue, refused (one-line ``SystemExit``) when its
+    meta differs in any of ``keys`` or in the host: float results depend on the host, so a table
+    that mixes hosts compares rows that were never run side by side."""
+    previous = json.loads(path.read_text())
+    changed = [k for k in (*keys, "machine") if previous["meta"].get(k) != meta[k]]
+    if changed:
+        was = "; ".join(f"{k} {previous['meta'].get(k)!r}, now {meta[k]!r}" for k in changed)
+        raise SystemExit(f"{path.name} was made with other settings ({was}); "
+                         "run without --resume to start over, or pick another --stem")
+    return previous["rows"]
+
+
 def write_results(stem: str, rows: list[QualityRow], meta: dict, appendix: str = "") -> None:
     """Write ``<stem>.json`` (meta + rows) and ``<stem>.md`` (one PSNR/SSIM table per model,
     then ``appendix``)."""

@@ -1,0 +1,42 @@
+"""``--resume`` of the benchmark scripts continues a results file only from the same settings and host."""
+
+import json
+import sys
+
+import pytest
+
+from harmoq_deploy.paths import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+from benchlib import machine, resumable_rows  # noqa: E402
+
+ROW = {"model": "IMDN_x2", "bits": "W3A3", "method": "2dquant", "dataset": "Set5", "psnr": 35.0, "ssim": 0.95,
+       "calib_seconds": 75.0}
+
+
+@pytest.fixture
+def results(tmp_path):
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({"meta": {"machine": machine(), "iters": 100}, "rows": [ROW]}))
+    return path
+
+
+def test_same_settings_on_the_same_host_resume(results):
+    assert resumable_rows(results, {"machine": machine(), "iters": 100}, ("iters",)) == [ROW]
+
+
+@pytest.mark.parametrize(("meta", "named"), [
+    ({"machine": "x86_64 (AVX2), 2 torch threads, torch 2.13.0+cpu", "iters": 100}, "machine"),
+    ({"machine": machine(), "iters": 200}, "iters"),
+])
+def test_another_host_or_other_settings_are_refused(results, meta, named):
+    with pytest.raises(SystemExit, match=f"quality.json was made with other settings \\({named} ") as refused:
+        resumable_rows(results, meta, ("iters",))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_file_that_names_no_host_is_refused(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"meta": {"iters": 100}, "rows": [ROW]}))
+    with pytest.raises(SystemExit, match="machine None"):
+        resumable_rows(path, {"machine": machine(), "iters": 100}, ("iters",))
