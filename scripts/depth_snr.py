@@ -57,10 +57,14 @@ def layer_snr(model: torch.nn.Module, reference: torch.nn.Module, images: list[t
     return {n: 10 * math.log10(signal[n] / noise[n]) if noise[n] else math.inf for n in signal}
 
 
+def bit_widths(text: str) -> list[int]:
+    return [int(b) for b in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="IMDN_x2", choices=list(MODELS))
-    parser.add_argument("--bits", default="2,3")
+    parser.add_argument("--bits", default=[2, 3], type=bit_widths, help="comma-separated, e.g. 2,3")
     parser.add_argument("--methods", default="dobi,2dquant,harmoq")
     parser.add_argument("--dataset", default="Set5")
     parser.add_argument("--crops", type=int, default=32)
@@ -72,7 +76,7 @@ def main() -> None:
     crops = sample_calibration_crops(calib_root(), args.crops, args.patch, source.scale, args.seed)
     images = [to_tensor(pair.lr) for pair in load_benchmark(benchmarks_root(), args.dataset, source.scale)]
     columns: dict[str, dict[str, float]] = {}
-    for bits in (int(b) for b in args.bits.split(",")):
+    for bits in args.bits:
         for label in args.methods.split(","):
             calibrated = calibrate(load_model(shared_weights(MODELS[args.model])), QuantConfig(wbits=bits, abits=bits),
                                    make_method(label), crops, seed=args.seed)
