@@ -14,11 +14,12 @@ section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI
 import argparse
 import time
 
-from benchlib import MODELS, RESULTS, QualityRow, machine, resumable_rows, today, write_results
+from benchlib import MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, today, write_results
 
 from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
 from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
+from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.eval import score_pairs
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
@@ -81,7 +82,7 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--bits", default="4,3,2")
+    parser.add_argument("--bits", default=[4, 3, 2], type=bit_widths, help="comma-separated, e.g. 4,3,2")
     parser.add_argument("--datasets", default="Set5,Set14,CBSD68")
     parser.add_argument("--crops", type=int, default=32)
     parser.add_argument("--patch", type=int, default=64)
@@ -96,7 +97,11 @@ def main() -> None:
     stem = args.stem or ("ablation" if args.ablation else "quality")
     methods = tuple(ABLATION) if args.ablation else tuple(args.methods.split(","))
     models, datasets = args.models.split(","), args.datasets.split(",")
-    bit_widths = [int(b) for b in args.bits.split(",")]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    for label in methods:
+        _method(label, args)  # an unknown label fails here, not after hours of earlier rows
     settings = {"crops": args.crops, "patch": args.patch, "seed": args.seed, "iters": args.iters, "batch": args.batch}
     meta = {
         "title": "HarmoQ ablation" if args.ablation else "PTQ methods side by side",
@@ -140,7 +145,7 @@ def main() -> None:
                 score = score_pairs(source.module, p, source.scale, f"{key} FP {d}")
                 record(QualityRow(key, "FP", "fp", d, score.psnr, score.ssim, 0.0))
         crops = sample_calibration_crops(calib_root(), args.crops, args.patch, source.scale, args.seed)
-        for bits in bit_widths:
+        for bits in args.bits:
             for label in methods:
                 wanted = [d for d in datasets if (key, f"W{bits}A{bits}", label, d) not in done]
                 if not wanted:
@@ -160,4 +165,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HarmoqError as exc:
+        raise SystemExit(str(exc)) from None

@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: the model list, result rows, and the JSON + markdown writers."""
 
+import argparse
 import json
 import platform
 import time
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.io import write_atomic
 from harmoq_deploy.paths import PROJECT_ROOT
+from harmoq_deploy.quant.quantizer import check_bits
 
 RESULTS = PROJECT_ROOT / "docs" / "results"
 MODELS = {
@@ -29,6 +32,14 @@ class QualityRow:
     psnr: float
     ssim: float
     calib_seconds: float
+
+
+def bit_widths(text: str) -> list[int]:
+    """``--bits`` as argparse type: a comma-separated list of supported widths, or a usage error."""
+    try:
+        return [check_bits(int(b)) for b in text.split(",")]
+    except (ValueError, HarmoqError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def machine() -> str:

@@ -18,7 +18,7 @@ import argparse
 import math
 
 import torch
-from benchlib import MODELS, header, machine, today, write_report
+from benchlib import MODELS, bit_widths, header, machine, today, write_report
 
 from harmoq_deploy.calibrate import calibrate, make_method
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
@@ -56,10 +56,6 @@ def layer_snr(model: torch.nn.Module, reference: torch.nn.Module, images: list[t
         for h in handles:
             h.remove()
     return {n: 10 * math.log10(signal[n] / noise[n]) if noise[n] else math.inf for n in signal}
-
-
-def bit_widths(text: str) -> list[int]:
-    return [int(b) for b in text.split(",")]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``--resume`` of the benchmark scripts continues a results file only from the same settings and host."""
+"""The benchmark scripts: `--resume` continues a results file only from the same settings and host; bad arguments stop them in one line."""
 
 import json
 import sys
@@ -40,3 +40,22 @@ def test_a_file_that_names_no_host_is_refused(tmp_path):
     path.write_text(json.dumps({"meta": {"iters": 100}, "rows": [ROW]}))
     with pytest.raises(SystemExit, match="machine None"):
         resumable_rows(path, {"machine": machine(), "iters": 100}, ("iters",))
+
+
+def test_bit_widths_outside_the_supported_range_are_a_usage_error():
+    from argparse import ArgumentTypeError
+
+    from benchlib import bit_widths
+    assert bit_widths("4,3,2") == [4, 3, 2]
+    for text in ("9", "1,2", "abc"):
+        with pytest.raises(ArgumentTypeError):
+            bit_widths(text)
+
+
+def test_an_unknown_method_label_stops_the_bench_before_any_work_in_one_line():
+    import subprocess
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "bench_quality.py"), "--methods", "dobi,foo",
+                           "--stem", "never_written"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip() == "unknown calibration method 'foo'; choose from minmax, percentile, dobi, 2dquant, harmoq"
+    assert not (PROJECT_ROOT / "docs" / "results" / "never_written.json").exists()
