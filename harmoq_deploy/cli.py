@@ -16,7 +16,7 @@ _err = Console(stderr=True)
 
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
 # Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
-DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR = 100, 4, 1e-3
+DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 100, 4, 1e-3, 1e-3
 DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
@@ -43,11 +43,14 @@ def _calib_options(f):
                      help="2dquant/harmoq: crops per refinement step.")(f)
     f = click.option("--iters", type=int, default=DEFAULT_ITERS, show_default=True,
                      help="2dquant/harmoq: bound-refinement iterations (more = better, slower).")(f)
-    f = _bias_lr_option(f)
+    f = _abr_rate_options(f)
     return f
 
 
-def _bias_lr_option(f):
+def _abr_rate_options(f):
+    f = click.option("--weight-lr", type=float,
+                     help="harmoq: learning rate at which ABR also refines the quantized layers' (SRC-corrected) "
+                          f"weights; 0 keeps them frozen [default: {DEFAULT_WEIGHT_LR:g}]")(f)
     return click.option("--bias-lr", type=float,
                         help="harmoq: learning rate at which ABR also refines the quantized layers' biases; "
                              f"0 keeps them frozen [default: {DEFAULT_BIAS_LR:g}]")(f)
@@ -73,27 +76,32 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _method_settings(method_name: str, iters: int, batch: int, bias_lr: float | None = None) -> dict:
-    """``--iters``/``--batch``/``--bias-lr`` checked, as the settings of a method that refines by distillation."""
+def _method_settings(method_name: str, iters: int, batch: int, bias_lr: float | None = None,
+                     weight_lr: float | None = None) -> dict:
+    """``--iters``/``--batch``/``--bias-lr``/``--weight-lr`` checked, as the settings of a method
+    that refines by distillation."""
     from .calibrate import OPTIMIZING_METHODS
 
     if iters < 0 or batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    if bias_lr is not None and method_name != "harmoq":
-        raise HarmoqError(f"--bias-lr is a harmoq setting; {method_name} keeps every weight frozen")
-    if bias_lr is not None and not bias_lr >= 0:
-        raise HarmoqError(f"--bias-lr must be >= 0, got {bias_lr:g}")
+    rates = {k: v for k, v in (("bias_lr", bias_lr), ("weight_lr", weight_lr)) if v is not None}
+    for key, rate in rates.items():
+        option = "--" + key.replace("_", "-")
+        if method_name != "harmoq":
+            raise HarmoqError(f"{option} is a harmoq setting; {method_name} keeps every weight frozen")
+        if not rate >= 0:
+            raise HarmoqError(f"{option} must be >= 0, got {rate:g}")
     if method_name not in OPTIMIZING_METHODS:
         return {}
-    return {"iters": iters, "batch": batch, **({} if bias_lr is None else {"bias_lr": bias_lr})}
+    return {"iters": iters, "batch": batch, **rates}
 
 
-def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, bias_lr, device,
+def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, bias_lr, weight_lr, device,
                 checkpoint=None):
     from .calibrate import calibrate, make_method
     from .data import sample_calibration_crops
 
-    method = make_method(method_name, **_method_settings(method_name, iters, batch, bias_lr))
+    method = make_method(method_name, **_method_settings(method_name, iters, batch, bias_lr, weight_lr))
     if calib is None:
         raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
     device = _check_device(device)
@@ -117,6 +125,7 @@ def cli():
 @click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
 def eval_command(model_path, method, artifact, bits, wbits, abits, layers, target, device, batch, iters, bias_lr,
+                 weight_lr,
                  calib, crops, patch, seed, datasets, data_root, json_path):
     """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
     from .calibrate import apply_artifact, load_artifact
@@ -135,7 +144,8 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
         model = source.module
     else:
         config = _quant_config(bits, wbits, abits, layers, target)
-        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, bias_lr, device)[0].model
+        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, bias_lr, weight_lr,
+                            device)[0].model
     scores = evaluate(model, source.scale, names, data_root)
     table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
     for name, score in scores.items():
@@ -151,8 +161,8 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
 @_bits_options
 @_calib_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, bias_lr, calib,
-                      crops, patch, seed, output):
+def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, bias_lr, weight_lr,
+                      calib, crops, patch, seed, output):
     """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors).
 
     2dquant and harmoq checkpoint their refinement next to the output; interrupted (Ctrl-C),
@@ -170,7 +180,7 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
     start = time.perf_counter()
     try:
         calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, bias_lr,
-                                             device, checkpoint)
+                                             weight_lr, device, checkpoint)
     except KeyboardInterrupt:
         if checkpoint.is_file():
             _err.print(f"interrupted; run the same command again to resume from {checkpoint}", markup=False)
@@ -334,7 +344,7 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the crop sampler.")
 @click.option("--iters", type=int, default=DEFAULT_ITERS, show_default=True, help="2dquant/harmoq: refinement iterations.")
 @click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="2dquant/harmoq: crops per step.")
-@_bias_lr_option
+@_abr_rate_options
 @click.option("--datasets", help="Validation sets, comma-separated (default: Set5 when the shared benchmarks "
                                  "are found, else skimage: photographs bundled with scikit-image).")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding <Name>/HR (default: ../shared's).")
@@ -345,14 +355,14 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
               show_default=True, help="TensorRT timing cache, reused across builds.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
 def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
-                   iters, batch, bias_lr, datasets, data_root, threshold, hw_compat, timing_cache, output):
+                   iters, batch, bias_lr, weight_lr, datasets, data_root, threshold, hw_compat, timing_cache, output):
     """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
     from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
 
     if artifact is None:
         config = _quant_config(bits, wbits, abits, None, "tensorrt")
         wbits, abits = config.wbits, config.abits
-    settings = _method_settings(method, iters, batch, bias_lr)
+    settings = _method_settings(method, iters, batch, bias_lr, weight_lr)
     names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else default_datasets()
     if not names:
         raise HarmoqError("--datasets names no dataset")

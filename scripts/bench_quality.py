@@ -5,7 +5,7 @@ calib_seconds). Each finished configuration is written at once; ``--resume`` kee
 an earlier run with the same settings on the same host and computes only the missing ones, so a long
 table can be filled across several sittings (a file from another host is refused: docs/method.md,
 section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI -> +SRC -> +HSO ->
-+ABR on the bounds -> +ABR on the biases too = HarmoQ).
++ABR on the bounds -> +ABR on the biases too -> +ABR on the weights too = HarmoQ).
 
     .venv/bin/python scripts/bench_quality.py                        # the full table (hours on a CPU)
     .venv/bin/python scripts/bench_quality.py --models IMDN_x2 --bits 3 --datasets Set5 --iters 40
@@ -17,7 +17,7 @@ import time
 from benchlib import MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, today, write_results
 
 from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
-from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS
+from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS, DEFAULT_WEIGHT_LR
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
 from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.eval import score_pairs
@@ -27,15 +27,18 @@ from harmoq_deploy.quant import QuantConfig
 
 METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt")
 #: labels of their own for a method run with settings other than its defaults: label -> (method, settings),
-#: run only when named in --methods. `harmoq-frozen-bias`: HarmoQ before 2026-11-29, its ABR refining the
-#: bounds alone; `2dquant+bias`: the control that gives DQC HarmoQ's bias freedom (not the paper's 2DQuant).
-VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0)),
-            "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR))}
+#: run only when named in --methods. HarmoQ's ABR with the bounds alone refined (`harmoq-frozen-bias`, HarmoQ
+#: before 2026-11-29) and with the biases too (`harmoq-frozen-weights`); the controls that give DQC HarmoQ's
+#: freedom, the biases (`2dquant+bias`) or the biases and weights (`2dquant+free`): not the paper's 2DQuant.
+VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0, weight_lr=0.0)),
+            "harmoq-frozen-weights": ("harmoq", dict(weight_lr=0.0)),
+            "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR)),
+            "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
 TENSORRT = "@tensorrt"
 ABLATION = {"dobi": dict(src=False, hso=False, abr=False), "dobi+src": dict(hso=False, abr=False),
-            "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr": dict(bias_lr=0.0),
-            "dobi+src+hso+abr+bias (harmoq)": {}}
+            "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr": dict(bias_lr=0.0, weight_lr=0.0),
+            "dobi+src+hso+abr+bias": dict(weight_lr=0.0), "dobi+src+hso+abr+bias+weights (harmoq)": {}}
 
 
 def _method(label: str, args):
@@ -79,6 +82,15 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
                       *lines, "", f"Mean PSNR margin: {means}.", ""])
 
 
+def write_table(stem: str, rows: list[QualityRow], meta: dict, ablation: bool) -> None:
+    """The results file in table order, with the margins of each comparison its rows allow."""
+    comparisons = [("dobi+src+hso+abr+bias+weights (harmoq)", "dobi")] if ablation else \
+        [("harmoq", "2dquant"), ("harmoq-frozen-weights", "2dquant"), ("harmoq-frozen-bias", "2dquant"),
+         ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"), ("harmoq@tensorrt", "harmoq")]
+    appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
+    write_results(stem, table_order(rows), meta, appendix)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -109,9 +121,10 @@ def main() -> None:
         "protocol": (f"PSNR/SSIM on Y (BT.601), border = scale, uint8 output. Calibration: {args.crops} LR crops of "
                      f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
-                     f"cosine; HarmoQ's ABR also refines the biases of the quantized layers (Adam lr "
-                     f"{DEFAULT_BIAS_LR:g}; `harmoq-frozen-bias`: without that, HarmoQ before 2026-11-29; "
-                     "`2dquant+bias`: the control that gives DQC the same freedom, not the paper's 2DQuant). "
+                     f"cosine; HarmoQ's ABR also refines the biases and weights of the quantized layers (Adam lr "
+                     f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}; `harmoq-frozen-weights`: the biases alone, "
+                     "`harmoq-frozen-bias`: neither, HarmoQ before 2026-11-29; `2dquant+bias` and `2dquant+free`: the "
+                     "controls that give DQC the same freedom, not the paper's 2DQuant). "
                      "Coverage: the architecture's default; weights per-channel, activations per-tensor, "
                      "asymmetric, except `@tensorrt` rows: the grids TensorRT executes exactly (symmetric "
                      "per-channel weights; activations per tensor, their offsets restored exactly by the exporter). "
@@ -124,11 +137,7 @@ def main() -> None:
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
 
     def write() -> None:
-        comparisons = [("dobi+src+hso+abr+bias (harmoq)", "dobi")] if args.ablation else \
-            [("harmoq", "2dquant"), ("harmoq-frozen-bias", "2dquant"), ("harmoq", "2dquant+bias"),
-             ("harmoq@tensorrt", "harmoq")]
-        appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
-        write_results(stem, table_order(rows), meta, appendix)
+        write_table(stem, rows, meta, args.ablation)
 
     def record(row: QualityRow) -> None:
         rows.append(row)

@@ -109,12 +109,12 @@ def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared,
     out = tmp_path / "harmoq_art"
     code, stdout, err = run_cli(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
                                  "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--bias-lr", 2e-3,
-                                 "--target", "tensorrt", "-o", out], capsys)
+                                 "--weight-lr", 5e-4, "--target", "tensorrt", "-o", out], capsys)
     assert code == 0, err
     assert "abr: kept" in stdout and f"wrote {out}" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["settings"]["iters"] == 4 and manifest["quant_config"]["target"] == "tensorrt"
-    assert manifest["method"]["settings"]["bias_lr"] == 2e-3
+    assert manifest["method"]["settings"]["bias_lr"] == 2e-3 and manifest["method"]["settings"]["weight_lr"] == 5e-4
     assert manifest["corrected_weights"] or not any(s["applied"] for s in manifest["method"]["steps"][:2])
     assert not (tmp_path / ".harmoq_art.checkpoint.pt").exists(), "the checkpoint is removed once the artifact is written"
 
@@ -128,6 +128,8 @@ def test_bad_refinement_settings(shared, tmp_path, capsys):
     one_line_error([*base, "--bits", 1], capsys, "2 to 8")
     one_line_error([*base, "--bias-lr", -1e-3], capsys, "--bias-lr must be >= 0")
     one_line_error([*base[:4], "2dquant", *base[5:], "--bias-lr", 1e-3], capsys, "--bias-lr is a harmoq setting")
+    one_line_error([*base, "--weight-lr", -1e-3], capsys, "--weight-lr must be >= 0")
+    one_line_error([*base[:4], "2dquant", *base[5:], "--weight-lr", 1e-3], capsys, "--weight-lr is a harmoq setting")
     assert not (tmp_path / "o").exists()
 
 
@@ -155,5 +157,5 @@ def test_the_cli_defaults_match_the_calibration_stage():
     from harmoq_deploy import cli
     from harmoq_deploy.calibrate import methods
 
-    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH, cli.DEFAULT_BIAS_LR) == \
-        (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH, methods.DEFAULT_BIAS_LR)
+    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH, cli.DEFAULT_BIAS_LR, cli.DEFAULT_WEIGHT_LR) == \
+        (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH, methods.DEFAULT_BIAS_LR, methods.DEFAULT_WEIGHT_LR)

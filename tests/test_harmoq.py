@@ -95,7 +95,7 @@ def harmoq_imdn(shared):
 
 def test_harmoq_artifact_round_trip_restores_corrected_weights(shared, tmp_path, harmoq_imdn):
     source, config, method = harmoq_imdn()
-    assert method.bias_lr > 0, "the round trip must carry the biases ABR refined"
+    assert method.bias_lr > 0 and method.weight_lr > 0, "the round trip must carry the biases and weights ABR refined"
     crops = _crops(shared, 6, 0)
     calibrated = calibrate(source, config, method, crops)
     assert [s.name for s in calibrated.steps] == ["hso", "src", "abr"]
@@ -169,13 +169,15 @@ def test_two_dquant_refines_bounds_only(shared):
     assert all(torch.equal(p, weights[n]) for n, p in calibrated.model.named_parameters() if n in weights)
 
 
-def test_two_dquant_with_the_bias_control_reports_the_biases_it_moved(shared):
+@pytest.mark.parametrize(("rates", "kinds"), [(dict(bias_lr=1e-3), {"bias"}),
+                                              (dict(bias_lr=1e-3, weight_lr=1e-3), {"bias", "weight"})])
+def test_two_dquant_controls_report_the_parameters_they_moved(shared, rates, kinds):
     source = load_model(shared / "weights" / "PANx2_DF2K.pth")
     weights = {n: p.detach().clone() for n, p in source.module.named_parameters()}
-    method = TwoDQuant(iters=4, batch=2, bias_lr=1e-3)
-    calibrated = calibrate(source, QuantConfig(wbits=2, abits=2), method, _crops(shared, 4, 0))
+    calibrated = calibrate(source, QuantConfig(wbits=2, abits=2), TwoDQuant(iters=4, batch=2, **rates),
+                           _crops(shared, 4, 0))
     moved = {n for n, p in calibrated.model.named_parameters() if n in weights and not torch.equal(p, weights[n])}
-    assert moved and all(n.endswith(".bias") for n in moved)
+    assert {n.rsplit(".", 1)[1] for n in moved} == kinds
     assert set(calibrated.corrected_weights) == moved
 
 

@@ -1,4 +1,4 @@
-"""Bound refinement by distillation: it lowers the loss, freezes weights, and resumes exactly."""
+"""Bound refinement by distillation: it lowers the loss, freezes weights unless told to refine them, and resumes exactly."""
 
 import pytest
 import torch
@@ -54,6 +54,21 @@ def test_bias_refinement_moves_only_the_quantized_layers_biases_and_lowers_the_l
                            RefineSettings(iters=20, batch=3, bias_lr=1e-3), seed=0)
     assert biases and all(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n in biases)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_weight_refinement_moves_only_the_quantized_layers_weights_and_codes_and_lowers_the_loss(dobi_pan):
+    source, model, crops = dobi_pan()
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    weights = {f"{n}.weight" for n in layers}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()
+              if not n.endswith(("lower", "upper")) and n not in weights}
+    codes_before = {n: m.weight_quantizer(m.weight).detach().clone() for n, m in layers.items()}
+    losses = refine_bounds(model, crops, source.layout.feature_taps,
+                           RefineSettings(iters=20, batch=3, lr=0.0, weight_lr=1e-3), seed=0)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    # with the bounds held still (lr 0), only a weight crossing a rounding threshold changes a deployed value
+    assert any(not torch.equal(m.weight_quantizer(m.weight), codes_before[n]) for n, m in layers.items())
     assert sum(losses[-5:]) < sum(losses[:5])
 
 

@@ -7,7 +7,8 @@ scales) and a record of what each step did.
 
 - ``TwoDQuant``: DOBI, then DQC: the bounds alone refined by distillation to the float model.
 - ``HarmoQ``: DOBI, then HSO (harmonized per-channel scales, folded), SRC (closed-form
-  structural weight correction), ABR (bound and bias refinement alternating with HSO re-solves).
+  structural weight correction), ABR (refinement of the bounds and of the corrected weights and
+  biases, alternating with HSO re-solves).
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
@@ -32,7 +33,9 @@ from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
 #: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 660.7 s (bench_quality, 2026-11-29, 2 cores)
-DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR = 100, 4, 1e-3
+DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
+#: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights (docs/method.md, section 3)
+DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3
 
 
 @dataclass
@@ -77,9 +80,9 @@ def _changed_since(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[st
 class TwoDQuant:
     """2DQuant (Liu et al., NeurIPS 2024): DOBI bounds, then DQC bound refinement (weights frozen).
 
-    ``bias_lr`` > 0 is not 2DQuant (the paper keeps every weight frozen): it is the control that
-    gives DQC the bias freedom HarmoQ's ABR has, so a comparison can tell how much of HarmoQ's
-    margin that freedom alone buys.
+    ``bias_lr`` or ``weight_lr`` > 0 is not 2DQuant (the paper keeps every weight frozen): it is
+    the control that gives DQC the freedom HarmoQ's ABR has, so a comparison can tell how much of
+    HarmoQ's margin that freedom alone buys.
     """
 
     iters: int = DEFAULT_ITERS
@@ -87,11 +90,12 @@ class TwoDQuant:
     lr: float = 1e-2
     feature_weight: float = 5.0
     bias_lr: float = 0.0
+    weight_lr: float = 0.0
     name = "2dquant"
 
     def refine_settings(self) -> RefineSettings:
         return RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                              bias_lr=self.bias_lr)
+                              bias_lr=self.bias_lr, weight_lr=self.weight_lr)
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
@@ -111,9 +115,10 @@ class HarmoQ:
     ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridges`` are SRC's candidate
     relative lambdas (chosen per layer by hold-out); ``src_crops`` how many calibration crops
     SRC's single pass uses; ``hso_resolves`` how many HSO re-solves ABR spreads evenly over
-    its iterations; ``bias_lr`` is the learning rate at which ABR also refines the quantized
-    layers' biases (the constant part of SRC's correction, which goes stale as the activation
-    grids move); 0 keeps them frozen, HarmoQ's configuration before 2026-11-29.
+    its iterations; ``bias_lr`` and ``weight_lr`` are the learning rates at which ABR also
+    refines the quantized layers' biases and (SRC-corrected) weights: SRC solves its correction
+    against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
+    ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``).
     """
 
     iters: int = DEFAULT_ITERS
@@ -129,6 +134,7 @@ class HarmoQ:
     guard_crops: int = 8
     hso_resolves: int = 3
     bias_lr: float = DEFAULT_BIAS_LR
+    weight_lr: float = DEFAULT_WEIGHT_LR
     name = "harmoq"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -210,7 +216,7 @@ class HarmoQ:
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}
         settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                                  bias_lr=self.bias_lr)
+                                  bias_lr=self.bias_lr, weight_lr=self.weight_lr)
         losses = refine_bounds(model, crops, layout.feature_taps, settings, seed=seed, checkpoint=checkpoint,
                                between_steps=between_steps, carry=carry,
                                fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)

@@ -8,8 +8,11 @@ so no second copy of the weights is held. Objective:
 
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
 normalisation of each sample's flattened features. Adam on the bounds, cosine decay; with
-``bias_lr > 0`` also on the biases of the quantized layers, at that learning rate (HarmoQ's ABR
-refines the bias part of SRC's correction this way; 2DQuant keeps every weight frozen).
+``bias_lr > 0`` also on the biases of the quantized layers, and with ``weight_lr > 0`` on their
+weights, each at its own learning rate. HarmoQ's ABR refines SRC's corrected weights and biases
+this way, against the grids the bounds are moving to; 2DQuant keeps every weight frozen. The
+weights pass their quantizer with the straight-through gradient, so a step that moves a
+weight across a rounding threshold changes the deployed code.
 
 The loop checkpoints its full state (the model's state dict, so bounds and anything a
 ``between_steps`` hook changed, the ``carry`` tensors, optimiser, schedule, random generator)
@@ -42,6 +45,7 @@ class RefineSettings:
     feature_weight: float = 5.0
     checkpoint_every: int = 25
     bias_lr: float = 0.0
+    weight_lr: float = 0.0
 
 
 def feature_modules(model: nn.Module, pattern: str) -> dict[str, nn.Module]:
@@ -120,8 +124,10 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
 
 
-def _quantized_layer_biases(model: nn.Module) -> list[nn.Parameter]:
-    return [m.bias for m in model.modules() if isinstance(m, QUANT_LAYER_TYPES) and m.bias is not None]
+def _quantized_layer_parameters(model: nn.Module, kind: str) -> list[nn.Parameter]:
+    """The ``weight`` or ``bias`` parameters of the quantized layers."""
+    return [getattr(m, kind) for m in model.modules()
+            if isinstance(m, QUANT_LAYER_TYPES) and getattr(m, kind, None) is not None]
 
 
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
@@ -129,8 +135,9 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
                   between_steps: Callable[[int], None] | None = None,
                   carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
                   teacher: Teacher | None = None) -> list[float]:
-    """Refine every quantizer bound of ``model`` in place (and, if ``settings.bias_lr > 0``, the
-    biases of its quantized layers); return the loss of each iteration run.
+    """Refine every quantizer bound of ``model`` in place (and, at ``settings.bias_lr`` and
+    ``settings.weight_lr`` when > 0, the biases and weights of its quantized layers); return the
+    loss of each iteration run.
 
     ``teacher`` holds the float model's outputs on ``crops``; without one it is taken from
     ``model`` as refinement starts, which is right only if nothing has changed its weights.
@@ -143,15 +150,16 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     carry = carry or {}
     if settings.iters < 0 or settings.batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    bounds = _bound_parameters(model)
-    biases = _quantized_layer_biases(model) if settings.bias_lr > 0 else []
-    params = bounds + biases
+    groups = [{"params": _bound_parameters(model), "lr": settings.lr}]
+    for kind, lr in (("bias", settings.bias_lr), ("weight", settings.weight_lr)):
+        if lr > 0:
+            groups.append({"params": _quantized_layer_parameters(model, kind), "lr": lr})
+    params = [p for g in groups for p in g["params"]]
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    groups = [{"params": bounds, "lr": settings.lr}] + ([{"params": biases, "lr": settings.bias_lr}] if biases else [])
     optimizer = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.iters, 1))
     generator = torch.Generator().manual_seed(seed)
