@@ -32,7 +32,7 @@ from .observe import observe_activations
 from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 660.7 s (bench_quality, 2026-11-29, 2 cores)
+#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 356.0 s (quality_onehost, 2026-11-29, 2 cores)
 DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 #: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights (docs/method.md, section 3)
 DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3

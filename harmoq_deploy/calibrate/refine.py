@@ -1,4 +1,4 @@
-"""Gradient refinement of the quantizer bounds by distillation to the float model (weights frozen).
+"""Gradient refinement of the quantizer bounds by distillation to the float model (weights frozen unless asked).
 
 This is 2DQuant's DQC stage and the optimisation loop HarmoQ's ABR builds on. The teacher is the
 same network with its quantizers bypassed, evaluated once before any weight changes (``Teacher``),
@@ -82,8 +82,8 @@ class Teacher:
     Taken from ``model`` with its quantizers bypassed, at construction: build it before anything
     changes the float function (SRC's weight corrections do), so that every later loss is
     measured against the float model the user handed in and not against a corrected one.
-    Refinement changes only bounds (and HSO re-folds that keep the float function), so caching
-    the teacher also saves a forward pass per step.
+    Refinement may change the quantized layers' weights and biases too, and the teacher must not
+    follow them; caching it also saves a forward pass per step.
     """
 
     def __init__(self, model: nn.Module, crops: torch.Tensor, feature_pattern: str, chunk: int = 8):
