@@ -14,12 +14,12 @@ section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI
 import argparse
 import time
 
-from benchlib import MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, today, write_results
+from benchlib import (MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, run_script, today,
+                      write_results)
 
 from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
 from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS, DEFAULT_WEIGHT_LR
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
-from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.eval import score_pairs
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
@@ -174,7 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HarmoqError as exc:
-        raise SystemExit(str(exc)) from None
+    run_script(main)

@@ -42,6 +42,14 @@ def bit_widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def run_script(main) -> None:
+    """Run a benchmark script's ``main``; a ``HarmoqError`` (bad input) ends it in one line, not a traceback."""
+    try:
+        main()
+    except HarmoqError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def machine() -> str:
     """The host as far as results depend on it. The CPU capability torch dispatches to is part of
     it: two 'AMD EPYC' hosts gave the same 2DQuant calibration 0.27 dB apart (docs/method.md)."""

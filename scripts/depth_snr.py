@@ -18,12 +18,11 @@ import argparse
 import math
 
 import torch
-from benchlib import MODELS, bit_widths, header, machine, today, write_report
+from benchlib import MODELS, bit_widths, header, machine, run_script, today, write_report
 
 from harmoq_deploy.calibrate import calibrate, make_method
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
 from harmoq_deploy.data.images import to_tensor
-from harmoq_deploy.errors import HarmoqError
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
 from harmoq_deploy.quant import QuantConfig
@@ -94,8 +93,6 @@ def main() -> None:
     write_report(args.stem or f"depth_snr_{args.model}", {"meta": meta, "snr_db": finite},
                  "\n".join([*header(meta), *table, ""]))
 
+
 if __name__ == "__main__":
-    try:
-        main()
-    except HarmoqError as exc:
-        raise SystemExit(str(exc)) from None
+    run_script(main)
