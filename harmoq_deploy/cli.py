@@ -50,7 +50,8 @@ def _calib_options(f):
 def _abr_rate_options(f):
     f = click.option("--weight-lr", type=float,
                      help="harmoq: learning rate at which ABR also refines the quantized layers' (SRC-corrected) "
-                          f"weights; 0 keeps them frozen [default: {DEFAULT_WEIGHT_LR:g}]")(f)
+                          f"weights, at 3 bits (scaled to the grid step at other widths); 0 keeps them frozen "
+                          f"[default: {DEFAULT_WEIGHT_LR:g}]")(f)
     return click.option("--bias-lr", type=float,
                         help="harmoq: learning rate at which ABR also refines the quantized layers' biases; "
                              f"0 keeps them frozen [default: {DEFAULT_BIAS_LR:g}]")(f)

@@ -30,10 +30,14 @@ METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt
 #: run only when named in --methods. HarmoQ's ABR with the bounds alone refined (`harmoq-frozen-bias`, HarmoQ
 #: before 2026-11-29) and with the biases too (`harmoq-frozen-weights`); the controls that give DQC HarmoQ's
 #: freedom, the biases (`2dquant+bias`) or the biases and weights (`2dquant+free`): not the paper's 2DQuant.
+#: `-uniform-weight-lr`: the weights refined at one rate for every width (HarmoQ's first weight refinement).
 VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0, weight_lr=0.0)),
             "harmoq-frozen-weights": ("harmoq", dict(weight_lr=0.0)),
             "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR)),
-            "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR))}
+            "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR)),
+            "harmoq-uniform-weight-lr": ("harmoq", dict(weight_lr_by_width=False)),
+            "2dquant+free-uniform-weight-lr": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR,
+                                                                weight_lr_by_width=False))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
 TENSORRT = "@tensorrt"
 ABLATION = {"dobi": dict(src=False, hso=False, abr=False), "dobi+src": dict(hso=False, abr=False),
@@ -85,7 +89,7 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
 def write_table(stem: str, rows: list[QualityRow], meta: dict, ablation: bool) -> None:
     """The results file in table order, with the margins of each comparison its rows allow."""
     comparisons = [("dobi+src+hso+abr+bias+weights (harmoq)", "dobi")] if ablation else \
-        [("harmoq", "2dquant"), ("harmoq-frozen-weights", "2dquant"), ("harmoq-frozen-bias", "2dquant"),
+        [("harmoq", "2dquant"), ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"), ("harmoq-frozen-bias", "2dquant"),
          ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"), ("harmoq@tensorrt", "harmoq")]
     appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
     write_results(stem, table_order(rows), meta, appendix)
@@ -122,7 +126,10 @@ def main() -> None:
                      f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
                      f"cosine; HarmoQ's ABR also refines the biases and weights of the quantized layers (Adam lr "
-                     f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}; `harmoq-frozen-weights`: the biases alone, "
+                     f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}, the latter scaled by 7 over the weight "
+                     "grid's step count (x7/3 at 2 bits, x1 at 3, x7/15 at 4 on asymmetric grids); "
+                     "`-uniform-weight-lr` rows use "
+                     f"{DEFAULT_WEIGHT_LR:g} at every width; `harmoq-frozen-weights`: the biases alone, "
                      "`harmoq-frozen-bias`: neither, HarmoQ before 2026-11-29; `2dquant+bias` and `2dquant+free`: the "
                      "controls that give DQC the same freedom, not the paper's 2DQuant). "
                      "Coverage: the architecture's default; weights per-channel, activations per-tensor, "

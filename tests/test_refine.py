@@ -14,10 +14,10 @@ from harmoq_deploy.quant import QuantConfig, quantizers
 
 @pytest.fixture
 def dobi_pan(shared):
-    def build():
+    def build(bits=3):
         source = load_model(shared / "weights" / "PANx2_DF2K.pth")
         crops = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 6, 24, 2, seed=0)
-        model = calibrate(source, QuantConfig(wbits=3, abits=3), make_method("dobi"), crops, batch_size=3).model
+        model = calibrate(source, QuantConfig(wbits=bits, abits=bits), make_method("dobi"), crops, batch_size=3).model
         return source, model, crops
     return build
 
@@ -70,6 +70,18 @@ def test_weight_refinement_moves_only_the_quantized_layers_weights_and_codes_and
     # with the bounds held still (lr 0), only a weight crossing a rounding threshold changes a deployed value
     assert any(not torch.equal(m.weight_quantizer(m.weight), codes_before[n]) for n, m in layers.items())
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize("bits, by_width, factor", [(2, True, 7 / 3), (4, True, 7 / 15), (2, False, 1.0)])
+def test_the_weights_rate_is_scaled_to_the_grid_width(dobi_pan, bits, by_width, factor):
+    source, model, crops = dobi_pan(bits)
+    weights = {f"{n}.weight" for n, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if n in weights}
+    refine_bounds(model, crops, source.layout.feature_taps,
+                  RefineSettings(iters=1, batch=3, lr=0.0, weight_lr=1e-3, weight_lr_by_width=by_width), seed=0)
+    # Adam's first step moves every parameter with a gradient by its rate, whatever the gradient's size
+    moved = max((p - start[n]).abs().max().item() for n, p in model.named_parameters() if n in weights)
+    assert moved == pytest.approx(1e-3 * factor, rel=1e-3)
 
 
 def test_an_interrupted_run_resumes_to_the_same_bounds(tmp_path, dobi_pan):

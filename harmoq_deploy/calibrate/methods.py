@@ -34,7 +34,8 @@ from .src import structural_residual_calibration
 
 #: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 356.0 s (quality_onehost, 2026-11-29, 2 cores)
 DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
-#: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights (docs/method.md, section 3)
+#: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights, the latter at
+#: 3 bits and scaled to the grid at other widths (refine.weight_lr_scale; docs/method.md, section 3)
 DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3
 
 
@@ -91,11 +92,13 @@ class TwoDQuant:
     feature_weight: float = 5.0
     bias_lr: float = 0.0
     weight_lr: float = 0.0
+    weight_lr_by_width: bool = True
     name = "2dquant"
 
     def refine_settings(self) -> RefineSettings:
         return RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                              bias_lr=self.bias_lr, weight_lr=self.weight_lr)
+                              bias_lr=self.bias_lr, weight_lr=self.weight_lr,
+                              weight_lr_by_width=self.weight_lr_by_width)
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
@@ -118,7 +121,9 @@ class HarmoQ:
     its iterations; ``bias_lr`` and ``weight_lr`` are the learning rates at which ABR also
     refines the quantized layers' biases and (SRC-corrected) weights: SRC solves its correction
     against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
-    ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``).
+    ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
+    rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
+    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement).
     """
 
     iters: int = DEFAULT_ITERS
@@ -135,6 +140,7 @@ class HarmoQ:
     hso_resolves: int = 3
     bias_lr: float = DEFAULT_BIAS_LR
     weight_lr: float = DEFAULT_WEIGHT_LR
+    weight_lr_by_width: bool = True
     name = "harmoq"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -216,7 +222,8 @@ class HarmoQ:
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}
         settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                                  bias_lr=self.bias_lr, weight_lr=self.weight_lr)
+                                  bias_lr=self.bias_lr, weight_lr=self.weight_lr,
+                                  weight_lr_by_width=self.weight_lr_by_width)
         losses = refine_bounds(model, crops, layout.feature_taps, settings, seed=seed, checkpoint=checkpoint,
                                between_steps=between_steps, carry=carry,
                                fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)

@@ -9,7 +9,7 @@ so no second copy of the weights is held. Objective:
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
 normalisation of each sample's flattened features. Adam on the bounds, cosine decay; with
 ``bias_lr > 0`` also on the biases of the quantized layers, and with ``weight_lr > 0`` on their
-weights, each at its own learning rate. HarmoQ's ABR refines SRC's corrected weights and biases
+weights, each at its own learning rate (the weights' scaled to the grid width, ``weight_lr_scale``). HarmoQ's ABR refines SRC's corrected weights and biases
 this way, against the grids the bounds are moving to; 2DQuant keeps every weight frozen. The
 weights pass their quantizer with the straight-through gradient, so a step that moves a
 weight across a rounding threshold changes the deployed code.
@@ -46,6 +46,23 @@ class RefineSettings:
     checkpoint_every: int = 25
     bias_lr: float = 0.0
     weight_lr: float = 0.0
+    #: scale ``weight_lr`` with each layer's weight grid (``weight_lr_scale``); False: ``weight_lr`` at every width
+    weight_lr_by_width: bool = True
+
+
+#: the weight grid at which ``weight_lr`` applies unscaled: 3 bits, asymmetric (7 steps across the range)
+WEIGHT_LR_REFERENCE_LEVELS = 7
+
+
+def weight_lr_scale(levels: int) -> float:
+    """The factor on ``weight_lr`` for a weight grid of ``levels`` steps across its range.
+
+    Adam moves a parameter by about its rate per step whatever the gradient's size, and a weight
+    grid's step is its range over its level count, ranges being alike across widths. One rate for
+    every width is then a third of a 2-bit step for each seventh of a 3-bit one, so the rate is
+    scaled to move weights by the same fraction of a grid step at every width (docs/method.md, section 3).
+    """
+    return WEIGHT_LR_REFERENCE_LEVELS / levels
 
 
 def feature_modules(model: nn.Module, pattern: str) -> dict[str, nn.Module]:
@@ -124,10 +141,19 @@ def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
 
 
-def _quantized_layer_parameters(model: nn.Module, kind: str) -> list[nn.Parameter]:
-    """The ``weight`` or ``bias`` parameters of the quantized layers."""
-    return [getattr(m, kind) for m in model.modules()
-            if isinstance(m, QUANT_LAYER_TYPES) and getattr(m, kind, None) is not None]
+def _quantized_layer_biases(model: nn.Module) -> list[nn.Parameter]:
+    return [m.bias for m in model.modules() if isinstance(m, QUANT_LAYER_TYPES) and m.bias is not None]
+
+
+def _weight_groups(model: nn.Module, settings: RefineSettings) -> list[dict]:
+    """Adam groups for the quantized layers' weights, one per weight grid width."""
+    by_levels: dict[int, list[nn.Parameter]] = {}
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYER_TYPES):
+            by_levels.setdefault(m.weight_quantizer.levels, []).append(m.weight)
+    return [{"params": params,
+             "lr": settings.weight_lr * (weight_lr_scale(levels) if settings.weight_lr_by_width else 1.0)}
+            for levels, params in by_levels.items()]
 
 
 def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, settings: RefineSettings,
@@ -151,9 +177,10 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     if settings.iters < 0 or settings.batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
     groups = [{"params": _bound_parameters(model), "lr": settings.lr}]
-    for kind, lr in (("bias", settings.bias_lr), ("weight", settings.weight_lr)):
-        if lr > 0:
-            groups.append({"params": _quantized_layer_parameters(model, kind), "lr": lr})
+    if settings.bias_lr > 0:
+        groups.append({"params": _quantized_layer_biases(model), "lr": settings.bias_lr})
+    if settings.weight_lr > 0:
+        groups.extend(_weight_groups(model, settings))
     params = [p for g in groups for p in g["params"]]
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
