@@ -9,10 +9,11 @@ so no second copy of the weights is held. Objective:
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
 normalisation of each sample's flattened features. Adam on the bounds, cosine decay; with
 ``bias_lr > 0`` also on the biases of the quantized layers, and with ``weight_lr > 0`` on their
-weights, each at its own learning rate (the weights' scaled to the grid width, ``weight_lr_scale``). HarmoQ's ABR refines SRC's corrected weights and biases
-this way, against the grids the bounds are moving to; 2DQuant keeps every weight frozen. The
-weights pass their quantizer with the straight-through gradient, so a step that moves a
-weight across a rounding threshold changes the deployed code.
+weights, each at its own learning rate (the weights' scaled to their grid, ``weight_lr_scale``).
+HarmoQ's ABR refines SRC's corrected weights and biases this way, against the grids the bounds
+are moving to; 2DQuant keeps every weight frozen. The weights pass their quantizer with the
+straight-through gradient, so a step that moves a weight across a rounding threshold changes
+the deployed code.
 
 The loop checkpoints its full state (the model's state dict, so bounds and anything a
 ``between_steps`` hook changed, the ``carry`` tensors, optimiser, schedule, random generator)
@@ -59,8 +60,8 @@ def weight_lr_scale(levels: int) -> float:
 
     Adam moves a parameter by about its rate per step whatever the gradient's size, and a weight
     grid's step is its range over its level count, ranges being alike across widths. One rate for
-    every width is then a third of a 2-bit step for each seventh of a 3-bit one, so the rate is
-    scaled to move weights by the same fraction of a grid step at every width (docs/method.md, section 3).
+    every width would move a 2-bit weight by 3/7 as many grid steps as a 3-bit one; scaled, the
+    rate moves weights by the same fraction of a step at every width (docs/method.md, section 3).
     """
     return WEIGHT_LR_REFERENCE_LEVELS / levels
 
