@@ -89,8 +89,9 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
 def write_table(stem: str, rows: list[QualityRow], meta: dict, ablation: bool) -> None:
     """The results file in table order, with the margins of each comparison its rows allow."""
     comparisons = [("dobi+src+hso+abr+bias+weights (harmoq)", "dobi")] if ablation else \
-        [("harmoq", "2dquant"), ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"), ("harmoq-frozen-bias", "2dquant"),
-         ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"), ("harmoq@tensorrt", "harmoq")]
+        [("harmoq", "2dquant"), ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"),
+         ("harmoq-frozen-bias", "2dquant"), ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"),
+         ("harmoq@tensorrt", "harmoq")]
     appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
     write_results(stem, table_order(rows), meta, appendix)
 
