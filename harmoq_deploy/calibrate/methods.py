@@ -77,6 +77,13 @@ def _changed_since(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[st
             if n in before and not torch.equal(p, before[n])}
 
 
+def _refine_settings(method: "TwoDQuant | HarmoQ") -> RefineSettings:
+    """The distillation loop's settings from the method's: DQC and ABR share every one of them."""
+    return RefineSettings(iters=method.iters, batch=method.batch, lr=method.lr, feature_weight=method.feature_weight,
+                          bias_lr=method.bias_lr, weight_lr=method.weight_lr,
+                          weight_lr_by_width=method.weight_lr_by_width)
+
+
 @dataclass
 class TwoDQuant:
     """2DQuant (Liu et al., NeurIPS 2024): DOBI bounds, then DQC bound refinement (weights frozen).
@@ -95,16 +102,11 @@ class TwoDQuant:
     weight_lr_by_width: bool = True
     name = "2dquant"
 
-    def refine_settings(self) -> RefineSettings:
-        return RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                              bias_lr=self.bias_lr, weight_lr=self.weight_lr,
-                              weight_lr_by_width=self.weight_lr_by_width)
-
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
             checkpoint: Path | None = None) -> RunResult:
         start = time.perf_counter()
         before = _float_parameters(model)
-        losses = refine_bounds(model, crops, layout.feature_taps, self.refine_settings(), seed=seed,
+        losses = refine_bounds(model, crops, layout.feature_taps, _refine_settings(self), seed=seed,
                                checkpoint=checkpoint, fingerprint={"method": self.name, **asdict(self)})
         step = StepReport("dqc", True, losses[0] if losses else None, losses[-1] if losses else None,
                           time.perf_counter() - start, {"iterations_run": len(losses)})
@@ -221,11 +223,8 @@ class HarmoQ:
                 resolves.append(sum(solve_group(model, g, True) for g in groups))
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}
-        settings = RefineSettings(iters=self.iters, batch=self.batch, lr=self.lr, feature_weight=self.feature_weight,
-                                  bias_lr=self.bias_lr, weight_lr=self.weight_lr,
-                                  weight_lr_by_width=self.weight_lr_by_width)
-        losses = refine_bounds(model, crops, layout.feature_taps, settings, seed=seed, checkpoint=checkpoint,
-                               between_steps=between_steps, carry=carry,
+        losses = refine_bounds(model, crops, layout.feature_taps, _refine_settings(self), seed=seed,
+                               checkpoint=checkpoint, between_steps=between_steps, carry=carry,
                                fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)
         steps.append(StepReport("abr", True, losses[0] if losses else None, losses[-1] if losses else None,
                                 time.perf_counter() - start,
