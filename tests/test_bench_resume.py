@@ -59,3 +59,19 @@ def test_an_unknown_method_label_stops_the_bench_before_any_work_in_one_line():
     assert done.returncode != 0
     assert done.stderr.strip() == "unknown calibration method 'foo'; choose from minmax, percentile, dobi, 2dquant, harmoq"
     assert not (PROJECT_ROOT / "docs" / "results" / "never_written.json").exists()
+
+
+def test_margins_are_averaged_per_width_and_per_set_over_the_cells_both_methods_have():
+    from bench_quality import margins
+    from benchlib import QualityRow
+
+    def row(model, dataset, method, psnr):
+        return QualityRow(model, "W2A2", method, dataset, psnr, 0.9, 1.0)
+
+    rows = [row("A", "Set5", "2dquant", 30.0), row("A", "Set5", "harmoq", 30.5),
+            row("B", "Set5", "2dquant", 31.0), row("B", "Set5", "harmoq", 31.3),
+            row("A", "CBSD68", "2dquant", 28.0), row("A", "CBSD68", "harmoq", 28.3),
+            row("B", "CBSD68", "harmoq", 29.0)]
+    text = margins(rows, "harmoq", "2dquant")
+    assert "W2A2 +0.367 dB over 3 cells" in text
+    assert "- W2A2: Set5 +0.400 dB over 2 models, CBSD68 +0.300 dB over 1 model" in text
