@@ -98,8 +98,9 @@ def write_table(stem: str, rows: list[QualityRow], meta: dict, ablation: bool) -
         [("harmoq", "2dquant"), ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"),
          ("harmoq-frozen-bias", "2dquant"), ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"),
          ("harmoq@tensorrt", "harmoq")]
-    appendix = "\n".join(filter(None, (margins(rows, better, base) for better, base in comparisons)))
-    write_results(stem, table_order(rows), meta, appendix)
+    ordered = table_order(rows)
+    appendix = "\n".join(filter(None, (margins(ordered, better, base) for better, base in comparisons)))
+    write_results(stem, ordered, meta, appendix)
 
 
 def main() -> None:
