@@ -69,15 +69,15 @@ def table_order(rows: list[QualityRow]) -> list[QualityRow]:
 
 
 def margins(rows: list[QualityRow], better: str, base: str) -> str:
-    """PSNR/SSIM of ``better`` minus ``base`` for every cell both have, and the mean per bit width."""
+    """PSNR/SSIM of ``better`` minus ``base`` for every cell both have, and the mean margin at each bit
+    width, over all its cells and per set."""
     cells = {(r.model, r.bits, r.method, r.dataset): r for r in rows}
-    lines, per_bits, per_set = [], {}, {}
+    lines, per_set = [], {}
     for (model, bits, method, dataset), row in cells.items():
         other = cells.get((model, bits, base, dataset))
         if method != better or other is None:
             continue
         d_psnr, d_ssim = row.psnr - other.psnr, row.ssim - other.ssim
-        per_bits.setdefault(bits, []).append(d_psnr)
         per_set.setdefault(bits, {}).setdefault(dataset, []).append(d_psnr)
         lines.append(f"| {model} | {bits} | {dataset} | {d_psnr:+.3f} | {d_ssim:+.4f} |")
     if not lines:
@@ -86,7 +86,7 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
     def mean(values: list[float], unit: str) -> str:
         return f"{sum(values) / len(values):+.3f} dB over {len(values)} {unit}{'s' if len(values) > 1 else ''}"
 
-    means = ", ".join(f"{bits} {mean(v, 'cell')}" for bits, v in per_bits.items())
+    means = ", ".join(f"{bits} {mean(sum(sets.values(), []), 'cell')}" for bits, sets in per_set.items())
     by_set = [f"- {bits}: " + ", ".join(f"{d} {mean(v, 'model')}" for d, v in sets.items()) for bits, sets in per_set.items()]
     return "\n".join([f"## {better} minus {base}", "", "| model | bits | dataset | PSNR | SSIM |", "|---|---|---|---|---|",
                       *lines, "", f"Mean PSNR margin: {means}.", "", "Per set:", "", *by_set, ""])
