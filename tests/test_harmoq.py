@@ -88,7 +88,7 @@ def harmoq_imdn(shared):
         source = load_model(shared / "weights" / "IMDN_x2.pth")
         config = QuantConfig(wbits=3, abits=3)
         method = HarmoQ(**{"iters": 6, "batch": 2, "src_crops": 4, "hso_crops": 2, "guard_crops": 4,
-                           "hso_resolves": 2, **settings})
+                           "guard_iters": 2, "hso_resolves": 2, **settings})
         return source, config, method
     return build
 
@@ -113,23 +113,50 @@ def test_harmoq_artifact_round_trip_restores_corrected_weights(shared, tmp_path,
 
 def test_harmoq_refines_towards_the_float_model_not_the_corrected_one(shared, harmoq_imdn, monkeypatch):
     crops = _crops(shared, 6, 0)
-    with torch.no_grad():
-        float_out = load_model(shared / "weights" / "IMDN_x2.pth").module(crops)
     teachers = []
     real_refine = methods_module.refine_bounds
     monkeypatch.setattr(methods_module, "refine_bounds",
                         lambda *a, **kw: teachers.append(kw["teacher"]) or real_refine(*a, **kw))
     source, config, method = harmoq_imdn(hso=False)
     calibrated = calibrate(source, config, method, crops)
+    float_model = load_model(shared / "weights" / "IMDN_x2.pth").module
 
-    def relative(out):
+    def relative(out, inputs):
+        with torch.no_grad():
+            float_out = float_model(inputs)
         return ((out - float_out).norm() / float_out.norm()).item()
 
     set_quantization_enabled(calibrated.model, False)
     with torch.no_grad():
         corrected_out = calibrated.model(crops)
-    assert calibrated.corrected_weights and relative(corrected_out) > 1e-3, "SRC moved the float function"
-    assert relative(teachers[0].outputs) < 1e-6
+    assert calibrated.corrected_weights and relative(corrected_out, crops) > 1e-3, "SRC moved the float function"
+    assert len(teachers) == 3, "the guard's two short refinements and ABR"
+    assert all(relative(t.outputs, t.crops) < 1e-6 for t in teachers)
+
+
+def test_harmoq_guard_judges_a_state_after_a_short_refinement_on_other_crops(shared, harmoq_imdn):
+    source, config, method = harmoq_imdn(iters=8, guard_iters=8)
+    crops = _crops(shared, 8, 0)
+    model = _dobi(source, crops, config)
+    held_out, fit = methods_module.split_crops(crops, method.guard_crops, 0)
+    judge = methods_module._HeldOutJudge(method, model, held_out, fit, source.layout.feature_taps, 0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    judged = judge(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "the judge restores the state"
+    immediate = Teacher(model, held_out, source.layout.feature_taps).judge(model, method.feature_weight)
+    assert judged < immediate, "8 refinement iterations on the fit crops lower the loss on the held-out ones"
+    assert not any(torch.equal(c, h) for c in judge.fit_teacher.crops for h in held_out)
+
+    unrefined = methods_module._HeldOutJudge(harmoq_imdn(guard_iters=8, abr=False)[2], model, held_out, fit,
+                                             source.layout.feature_taps, 0)
+    assert unrefined(model) == pytest.approx(immediate), "without ABR nothing refines the steps' result"
+
+
+def test_harmoq_guards_hand_the_kept_state_loss_to_the_next_step(shared, harmoq_imdn):
+    source, config, method = harmoq_imdn()
+    hso, src, _ = calibrate(source, config, method, _crops(shared, 6, 0)).steps
+    assert hso.detail["judged_after_iters"] == src.detail["judged_after_iters"] == 2
+    assert src.loss_before == (hso.loss_after if hso.applied else hso.loss_before)
 
 
 def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harmoq_imdn, monkeypatch):
@@ -139,16 +166,14 @@ def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harm
 
     real_settings = methods_module.RefineSettings
     monkeypatch.setattr(methods_module, "RefineSettings", lambda **kw: real_settings(checkpoint_every=2, **kw))
-    calls = {"n": 0}
     real_step = refine_module.Teacher.loss
+    checkpoint = tmp_path / "ckpt.pt"
 
     def failing_step(*args, **kwargs):
-        calls["n"] += torch.is_grad_enabled()  # refinement steps, not the guards' no-grad judging
-        if calls["n"] == 4:
+        if checkpoint.is_file():  # the first step of ABR after its first checkpoint (the guards' refinements keep none)
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    checkpoint = tmp_path / "ckpt.pt"
     monkeypatch.setattr(refine_module.Teacher, "loss", failing_step)
     source, config, method = harmoq_imdn()
     with pytest.raises(KeyboardInterrupt):

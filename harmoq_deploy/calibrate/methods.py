@@ -12,11 +12,13 @@ scales) and a record of what each step did.
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
-  of that loss, and the guard stops a proxy win from being a network loss.
+  of that loss, and the guard stops a proxy win from being a network loss. The loss is judged
+  after a short refinement from each state, since ABR refines whatever the steps leave and a
+  better start is not always a better end (docs/method.md, section 4).
 """
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -125,7 +127,10 @@ class HarmoQ:
     against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
     ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
     rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
-    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement).
+    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``guard_iters`` is how many
+    refinement iterations the guards run from the states with and without a step before they
+    compare held-out losses; 0 compares the states as they are (``harmoq-immediate-guard``,
+    HarmoQ before 2026-11-30), as does a run without ABR, which refines nothing.
     """
 
     iters: int = DEFAULT_ITERS
@@ -139,6 +144,7 @@ class HarmoQ:
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
+    guard_iters: int = 20
     hso_resolves: int = 3
     bias_lr: float = DEFAULT_BIAS_LR
     weight_lr: float = DEFAULT_WEIGHT_LR
@@ -151,14 +157,15 @@ class HarmoQ:
         guard, fit = split_crops(crops, self.guard_crops, seed)
         # SRC moves the float function (the corrected weights unquantized are not the float
         # model): every loss is taken against teachers computed before any step runs
-        held_out = Teacher(model, guard, layout.feature_taps)
+        judge = _HeldOutJudge(self, model, guard, fit, layout.feature_taps, seed)
         teacher = Teacher(model, crops, layout.feature_taps) if self.abr and self.iters else None
         steps: list[StepReport] = []
         groups: list[FoldGroup] = []
+        loss = judge(model) if self.hso or self.src else None
         if self.hso:
-            groups = self._harmonize(model, fit, held_out, seed, steps)
+            groups, loss = self._harmonize(model, fit, judge, loss, seed, steps)
         if self.src:
-            self._structural_residual(model, fit, held_out, seed, steps)
+            self._structural_residual(model, fit, judge, loss, seed, steps)
         if self.abr:
             self._refine(model, crops, teacher, groups, layout, seed, checkpoint, steps)
         changed = _changed_since(model, before)
@@ -167,20 +174,21 @@ class HarmoQ:
                   for g in groups if not torch.isnan(g.exponent)}
         return RunResult(changed, steps, scales)
 
-    def _guarded(self, model, held_out: Teacher, name, apply, steps) -> bool:
-        """Run ``apply()``; keep its effect only if the loss on the held-out crops drops."""
+    def _guarded(self, model, judge: "_HeldOutJudge", loss_before: float, name, apply, steps) -> float:
+        """Run ``apply()``; keep its effect only if the judged held-out loss drops. Return the
+        judged loss of the state it leaves, the next step's ``loss_before``."""
         start = time.perf_counter()
         saved = {k: v.clone() for k, v in model.state_dict().items()}
-        loss_before = held_out.judge(model, self.feature_weight)
         detail = apply()
-        loss_after = held_out.judge(model, self.feature_weight)
+        loss_after = judge(model)
         applied = loss_after < loss_before
         if not applied:
             model.load_state_dict(saved)
+        detail["judged_after_iters"] = judge.settings.iters
         steps.append(StepReport(name, applied, loss_before, loss_after, time.perf_counter() - start, detail))
-        return applied
+        return loss_after if applied else loss_before
 
-    def _harmonize(self, model, fit, held_out, seed, steps) -> list[FoldGroup]:
+    def _harmonize(self, model, fit, judge, loss, seed, steps) -> tuple[list[FoldGroup], float]:
         param = next(model.parameters())
         set_quantization_enabled(model, False)
         try:
@@ -196,13 +204,14 @@ class HarmoQ:
                 initialise_bounds(model, Dobi(), stats)
             return {"fold_groups": len(groups), "scaled": len(changed)}
 
-        if not self._guarded(model, held_out, "hso", apply, steps):
+        kept_loss = self._guarded(model, judge, loss, "hso", apply, steps)
+        if not steps[-1].applied:
             for g in groups:
                 g.scale.fill_(1.0)
                 g.exponent.fill_(float("nan"))
-        return [g for g in groups if not torch.isnan(g.exponent)]
+        return [g for g in groups if not torch.isnan(g.exponent)], kept_loss
 
-    def _structural_residual(self, model, fit, held_out, seed, steps) -> None:
+    def _structural_residual(self, model, fit, judge, loss, seed, steps) -> None:
         def apply() -> dict:
             chosen = structural_residual_calibration(
                 model, fit[-self.src_crops:], self.ridges,
@@ -210,7 +219,7 @@ class HarmoQ:
             counts = {str(r): list(chosen.values()).count(r) for r in self.ridges}
             return {"corrected_layers": len(chosen), "ridge_counts": counts}
 
-        self._guarded(model, held_out, "src", apply, steps)
+        self._guarded(model, judge, loss, "src", apply, steps)
 
     def _refine(self, model, crops, teacher, groups, layout, seed, checkpoint, steps) -> None:
         start = time.perf_counter()
@@ -229,6 +238,36 @@ class HarmoQ:
         steps.append(StepReport("abr", True, losses[0] if losses else None, losses[-1] if losses else None,
                                 time.perf_counter() - start,
                                 {"iterations_run": len(losses), "hso_resolves_changed_groups": resolves}))
+
+
+class _HeldOutJudge:
+    """The distillation loss on the held-out crops that a state of the model reaches after
+    ``guard_iters`` iterations of ABR's refinement on the fit crops, never more than ABR runs
+    (the state is restored after).
+
+    ABR refines whatever HSO and SRC leave, so the guards compare where each state ends up, not
+    where it starts. The short refinement fits the fit crops only, against a teacher of its own,
+    so the held-out crops stay unseen; without ABR (or at 0 iterations) nothing is refined.
+    """
+
+    def __init__(self, method: HarmoQ, model: nn.Module, held_out: torch.Tensor, fit: torch.Tensor,
+                 feature_taps: str, seed: int):
+        iters = min(method.guard_iters, method.iters) if method.abr else 0
+        self.settings = replace(_refine_settings(method), iters=iters)
+        self.feature_weight, self.feature_taps, self.fit, self.seed = method.feature_weight, feature_taps, fit, seed
+        self.held_out = Teacher(model, held_out, feature_taps)
+        self.fit_teacher = Teacher(model, fit, feature_taps) if iters else None
+
+    def __call__(self, model: nn.Module) -> float:
+        if not self.settings.iters:
+            return self.held_out.judge(model, self.feature_weight)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            refine_bounds(model, self.fit, self.feature_taps, self.settings, seed=self.seed, teacher=self.fit_teacher,
+                          description="guard: short refinement")
+            return self.held_out.judge(model, self.feature_weight)
+        finally:
+            model.load_state_dict(saved)
 
 
 OPTIMIZING_METHODS = {method.name: method for method in (TwoDQuant, HarmoQ)}

@@ -161,7 +161,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
                   seed: int = 0, checkpoint: Path | None = None,
                   between_steps: Callable[[int], None] | None = None,
                   carry: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
-                  teacher: Teacher | None = None) -> list[float]:
+                  teacher: Teacher | None = None, description: str = "refining bounds") -> list[float]:
     """Refine every quantizer bound of ``model`` in place (and, at ``settings.bias_lr`` and
     ``settings.weight_lr`` when > 0, the biases and weights of its quantized layers); return the
     loss of each iteration run.
@@ -203,7 +203,7 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
         start = 0
         if checkpoint is not None and checkpoint.is_file():
             start = _restore(checkpoint, model, carry, optimizer, schedule, generator, fingerprint)
-        for i in progress_bar(range(start, settings.iters), "refining bounds", total=settings.iters - start):
+        for i in progress_bar(range(start, settings.iters), description, total=settings.iters - start):
             index = torch.randint(len(crops), (settings.batch,), generator=generator)
             loss = teacher.loss(model, index.to(crops.device), recorder, settings.feature_weight)
             optimizer.zero_grad(set_to_none=True)
