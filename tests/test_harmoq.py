@@ -159,6 +159,17 @@ def test_harmoq_guards_hand_the_kept_state_loss_to_the_next_step(shared, harmoq_
     assert src.loss_before == (hso.loss_after if hso.applied else hso.loss_before)
 
 
+def test_harmoq_does_not_judge_a_step_that_changed_nothing(shared, harmoq_imdn, monkeypatch):
+    refinements = []
+    real_refine = methods_module.refine_bounds
+    monkeypatch.setattr(methods_module, "refine_bounds", lambda *a, **kw: refinements.append(1) or real_refine(*a, **kw))
+    monkeypatch.setattr(methods_module, "find_fold_groups", lambda *a: [])
+    source, config, method = harmoq_imdn(src=False)
+    hso, _ = calibrate(source, config, method, _crops(shared, 6, 0)).steps
+    assert not hso.applied and hso.loss_before == hso.loss_after and hso.detail["scaled"] == 0
+    assert len(refinements) == 2, "the DOBI state's judgment and ABR"
+
+
 def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harmoq_imdn, monkeypatch):
     crops = _crops(shared, 6, 0)
     source, config, method = harmoq_imdn()

@@ -176,11 +176,13 @@ class HarmoQ:
 
     def _guarded(self, model, judge: "_HeldOutJudge", loss_before: float, name, apply, steps) -> float:
         """Run ``apply()``; keep its effect only if the judged held-out loss drops. Return the
-        judged loss of the state it leaves, the next step's ``loss_before``."""
+        judged loss of the state it leaves, the next step's ``loss_before``. A step that changed
+        nothing is not judged: the judgment costs a short refinement."""
         start = time.perf_counter()
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         detail = apply()
-        loss_after = judge(model)
+        unchanged = all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+        loss_after = loss_before if unchanged else judge(model)
         applied = loss_after < loss_before
         if not applied:
             model.load_state_dict(saved)
