@@ -194,9 +194,7 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
         verdict = "kept" if step.applied else "no change" if step.loss_before == step.loss_after \
             else "rejected (did not lower the held-out loss)"
         losses = " -> ".join("-" if v is None else f"{v:.5f}" for v in (step.loss_before, step.loss_after))
-        guard_iters = step.detail.get("judged_after_iters")
-        judged = f" (held-out, each after {guard_iters} refinement iterations)" if guard_iters else ""
-        _out.print(f"{step.name}: {verdict}, loss {losses}{judged}, {step.seconds:.0f}s", markup=False)
+        _out.print(f"{step.name}: {verdict}, loss {losses}, {step.seconds:.0f}s", markup=False)
     _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale}, "
                f"{time.perf_counter() - start:.0f}s)")
 

@@ -112,7 +112,6 @@ def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared,
                                  "--weight-lr", 5e-4, "--target", "tensorrt", "-o", out], capsys)
     assert code == 0, err
     assert "abr: kept" in stdout and f"wrote {out}" in stdout
-    assert stdout.count("after 4 refinement iterations") == 2, "HSO and SRC judged after a refinement no longer than ABR's"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["settings"]["iters"] == 4 and manifest["quant_config"]["target"] == "tensorrt"
     assert manifest["method"]["settings"]["bias_lr"] == 2e-3 and manifest["method"]["settings"]["weight_lr"] == 5e-4

@@ -88,7 +88,7 @@ def harmoq_imdn(shared):
         source = load_model(shared / "weights" / "IMDN_x2.pth")
         config = QuantConfig(wbits=3, abits=3)
         method = HarmoQ(**{"iters": 6, "batch": 2, "src_crops": 4, "hso_crops": 2, "guard_crops": 4,
-                           "guard_iters": 2, "hso_resolves": 2, **settings})
+                           "hso_resolves": 2, **settings})
         return source, config, method
     return build
 
@@ -117,7 +117,7 @@ def test_harmoq_refines_towards_the_float_model_not_the_corrected_one(shared, ha
     real_refine = methods_module.refine_bounds
     monkeypatch.setattr(methods_module, "refine_bounds",
                         lambda *a, **kw: teachers.append(kw["teacher"]) or real_refine(*a, **kw))
-    source, config, method = harmoq_imdn(hso=False)
+    source, config, method = harmoq_imdn(hso=False, guard_iters=2)
     calibrated = calibrate(source, config, method, crops)
     float_model = load_model(shared / "weights" / "IMDN_x2.pth").module
 
@@ -153,7 +153,7 @@ def test_harmoq_guard_judges_a_state_after_a_short_refinement_on_other_crops(sha
 
 
 def test_harmoq_guards_hand_the_kept_state_loss_to_the_next_step(shared, harmoq_imdn):
-    source, config, method = harmoq_imdn()
+    source, config, method = harmoq_imdn(guard_iters=2)
     hso, src, _ = calibrate(source, config, method, _crops(shared, 6, 0)).steps
     assert hso.detail["judged_after_iters"] == src.detail["judged_after_iters"] == 2
     assert src.loss_before == (hso.loss_after if hso.applied else hso.loss_before)
@@ -164,7 +164,7 @@ def test_harmoq_does_not_judge_a_step_that_changed_nothing(shared, harmoq_imdn, 
     real_refine = methods_module.refine_bounds
     monkeypatch.setattr(methods_module, "refine_bounds", lambda *a, **kw: refinements.append(1) or real_refine(*a, **kw))
     monkeypatch.setattr(methods_module, "find_fold_groups", lambda *a: [])
-    source, config, method = harmoq_imdn(src=False)
+    source, config, method = harmoq_imdn(src=False, guard_iters=2)
     hso, _ = calibrate(source, config, method, _crops(shared, 6, 0)).steps
     assert not hso.applied and hso.loss_before == hso.loss_after and hso.detail["scaled"] == 0
     assert len(refinements) == 2, "the DOBI state's judgment and ABR"

@@ -12,9 +12,10 @@ scales) and a record of what each step did.
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
-  of that loss, and the guard stops a proxy win from being a network loss. The loss is judged
-  after a short refinement from each state, since ABR refines whatever the steps leave and a
-  better start is not always a better end (docs/method.md, section 4).
+  of that loss, and the guard stops a proxy win from being a network loss. With
+  ``guard_iters > 0`` the loss is judged after a short refinement from each state instead, since
+  ABR refines whatever the steps leave; measured, that changed no result beyond the hosts'
+  rounding and cost up to 46% more time, so it is not the default (docs/method.md, section 4).
 """
 
 import time
@@ -127,10 +128,9 @@ class HarmoQ:
     against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
     ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
     rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
-    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``guard_iters`` is how many
-    refinement iterations the guards run from the states with and without a step before they
-    compare held-out losses; 0 compares the states as they are (``harmoq-immediate-guard``,
-    HarmoQ before 2026-11-30), as does a run without ABR, which refines nothing.
+    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``guard_iters`` > 0 is how
+    many refinement iterations the guards run from the states with and without a step before they
+    compare held-out losses (``harmoq-refined-guard``: 20); 0 compares the states as they are.
     """
 
     iters: int = DEFAULT_ITERS
@@ -144,7 +144,7 @@ class HarmoQ:
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
-    guard_iters: int = 20
+    guard_iters: int = 0
     hso_resolves: int = 3
     bias_lr: float = DEFAULT_BIAS_LR
     weight_lr: float = DEFAULT_WEIGHT_LR
