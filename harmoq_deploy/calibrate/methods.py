@@ -177,7 +177,7 @@ class HarmoQ:
     def _guarded(self, model, judge: "_HeldOutJudge", loss_before: float, name, apply, steps) -> float:
         """Run ``apply()``; keep its effect only if the judged held-out loss drops. Return the
         judged loss of the state it leaves, the next step's ``loss_before``. A step that changed
-        nothing is not judged: the judgment costs a short refinement."""
+        nothing is not judged: with ``guard_iters`` > 0 a judgment costs a short refinement."""
         start = time.perf_counter()
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         detail = apply()
