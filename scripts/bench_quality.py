@@ -32,13 +32,15 @@ METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt
 #: freedom, the biases (`2dquant+bias`) or the biases and weights (`2dquant+free`): not the paper's 2DQuant.
 #: `-uniform-weight-lr`: the weights refined at one rate for every width (HarmoQ's first weight refinement);
 #: `harmoq-refined-guard`: HSO and SRC judged after a short refinement from each state, not on the states they
-#: leave (docs/method.md, section 4).
+#: leave (docs/method.md, section 4); `harmoq-unrounded`: HarmoQ before SRC rounded its weights with error
+#: feedback and ABR moved the weight grids slowly (section 1).
 VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0, weight_lr=0.0)),
             "harmoq-frozen-weights": ("harmoq", dict(weight_lr=0.0)),
             "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR)),
             "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR)),
             "harmoq-uniform-weight-lr": ("harmoq", dict(weight_lr_by_width=False)),
             "harmoq-refined-guard": ("harmoq", dict(guard_iters=20)),
+            "harmoq-unrounded": ("harmoq", dict(rounding_damping=None, weight_bound_lr=None)),
             "2dquant+free-uniform-weight-lr": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR,
                                                                 weight_lr_by_width=False))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
@@ -136,7 +138,10 @@ def main() -> None:
         "protocol": (f"PSNR/SSIM on Y (BT.601), border = scale, uint8 output. Calibration: {args.crops} LR crops of "
                      f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
-                     f"cosine; HarmoQ's ABR also refines the biases and weights of the quantized layers (Adam lr "
+                     "cosine; HarmoQ's SRC rounds its corrected weights onto their grids with error feedback "
+                     f"(damping {HarmoQ.rounding_damping:g}) and its ABR moves the weight grids at lr "
+                     f"{HarmoQ.weight_bound_lr:g} (`harmoq-unrounded`: neither, HarmoQ before 2026-11-30, seventh "
+                     "sitting), and also refines the biases and weights of the quantized layers (Adam lr "
                      f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}, the latter scaled by 7 over the weight "
                      "grid's step count (x7/3 at 2 bits, x1 at 3, x7/15 at 4 on asymmetric grids); "
                      "`-uniform-weight-lr` rows use "

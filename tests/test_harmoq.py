@@ -12,8 +12,8 @@ from harmoq_deploy.calibrate.bounds import initialise_bounds, set_weight_bounds
 from harmoq_deploy.calibrate.hso import apply_scale, closed_form_scale, find_fold_groups, record_inputs
 from harmoq_deploy.calibrate.observe import observe_activations
 from harmoq_deploy.calibrate.refine import Teacher
-from harmoq_deploy.calibrate.src import layer_rows, solve_correction, structural_objective, \
-    structural_residual_calibration
+from harmoq_deploy.calibrate.src import layer_rows, round_with_feedback, rounding_factor, solve_correction, \
+    structural_objective, structural_residual_calibration
 from harmoq_deploy.data import sample_calibration_crops
 from harmoq_deploy.models import load_model
 from harmoq_deploy.quant import QuantConfig, quantize_model, set_quantization_enabled
@@ -49,6 +49,39 @@ def test_src_lowers_its_objective_on_held_out_crops(shared):
             correction = solve_correction(layer.weight, layer_rows(layer, q, True), layer_rows(layer, q - train, True),
                                           ridge=0.05)
         assert structural_objective(layer, held_out, correction) < structural_objective(layer, held_out)
+
+
+def test_rounding_with_feedback_lowers_the_output_error_of_nearest_rounding_on_held_out_crops(shared):
+    source = load_model(shared / "weights" / "IMDN_x2.pth")
+    model = _dobi(source, _crops(shared, 8, 0), QuantConfig(wbits=2, abits=2))
+    for name in ("IMDB1.c1", "IMDB3.c3", "IMDB6.c5"):
+        layer = model.get_submodule(name)
+        train, held_out = _layer_inputs(model, name, _crops(shared, 8, 0)), _layer_inputs(model, name, _crops(shared, 8, 1))
+        with torch.no_grad():
+            factor = rounding_factor(layer_rows(layer, layer.input_quantizer(train), False), damping=0.01)
+            rounded = round_with_feedback(layer.weight, layer.weight_quantizer, factor)
+            nearest = layer.weight_quantizer(layer.weight)
+            assert torch.allclose(layer.weight_quantizer(rounded), rounded, atol=1e-6), "rounded onto the grid"
+            rows = layer_rows(layer, layer.input_quantizer(held_out), False)
+
+            def output_error(quantized):
+                return (rows @ (layer.weight - quantized).reshape(len(quantized), -1).T).pow(2).mean()
+
+            assert output_error(rounded) < 0.8 * output_error(nearest)
+
+
+def test_src_keeps_rounded_candidates_where_they_win_and_their_weights_stay_on_the_grid(shared):
+    source = load_model(shared / "weights" / "IMDN_x2.pth")
+    crops = _crops(shared, 8, 0)
+    model = _dobi(source, crops, QuantConfig(wbits=2, abits=2))
+    reset = lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi())  # noqa: E731
+    chosen = structural_residual_calibration(model, crops, (0.05, 0.2, 1.0), reset, rounding_damping=0.01)
+    rounded = [name for name, label in chosen.items() if label.endswith("round")]
+    assert rounded, chosen
+    for name in rounded:
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            assert torch.allclose(layer.weight_quantizer(layer.weight), layer.weight, atol=1e-6)
 
 
 def test_hso_folds_leave_the_float_function_unchanged(swinir_light_checkpoint):

@@ -84,6 +84,22 @@ def test_the_weights_rate_is_scaled_to_the_grid_width(dobi_pan, bits, by_width, 
     assert moved == pytest.approx(1e-3 * factor, rel=1e-3)
 
 
+@pytest.mark.parametrize("weight_bound_lr", [0.0, 1e-3])
+def test_the_weight_quantizers_bounds_have_their_own_rate(dobi_pan, weight_bound_lr):
+    source, model, crops = dobi_pan()
+    start = {n: (q.lower.detach().clone(), q.upper.detach().clone()) for n, q in quantizers(model).items()}
+    refine_bounds(model, crops, source.layout.feature_taps,
+                  RefineSettings(iters=1, batch=3, lr=1e-2, weight_bound_lr=weight_bound_lr), seed=0)
+
+    def moved(weights: bool) -> float:
+        return max((b - s).abs().max().item() for n, q in quantizers(model).items() if n.endswith("weight_quantizer") == weights
+                   for b, s in zip((q.lower, q.upper), start[n]))
+
+    # Adam's first step moves every bound with a gradient by its rate
+    assert moved(weights=False) == pytest.approx(1e-2, rel=1e-3)
+    assert moved(weights=True) == pytest.approx(weight_bound_lr, rel=1e-3, abs=1e-9)
+
+
 def test_an_interrupted_run_resumes_to_the_same_bounds(tmp_path, dobi_pan):
     settings = RefineSettings(iters=12, batch=2, checkpoint_every=4)
     source, reference, crops = dobi_pan()

@@ -7,8 +7,9 @@ scales) and a record of what each step did.
 
 - ``TwoDQuant``: DOBI, then DQC: the bounds alone refined by distillation to the float model.
 - ``HarmoQ``: DOBI, then HSO (harmonized per-channel scales, folded), SRC (closed-form
-  structural weight correction), ABR (refinement of the bounds and of the corrected weights and
-  biases, alternating with HSO re-solves).
+  structural weight correction, rounded onto the weight grid with error feedback), ABR
+  (refinement of the bounds, the weight grids' slowly, and of the corrected weights and biases,
+  alternating with HSO re-solves).
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
@@ -40,6 +41,9 @@ DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 #: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights, the latter at
 #: 3 bits and scaled to the grid at other widths (refine.weight_lr_scale; docs/method.md, section 3)
 DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3
+#: SRC's rounding of the corrected weights (the Gram's damping, relative to its mean diagonal), and the rate
+#: at which ABR then moves the weight grids: slowly, so that the rounding stays on the grid it was made for
+DEFAULT_ROUNDING_DAMPING, DEFAULT_WEIGHT_BOUND_LR = 0.01, 1e-3
 
 
 @dataclass
@@ -84,7 +88,8 @@ def _refine_settings(method: "TwoDQuant | HarmoQ") -> RefineSettings:
     """The distillation loop's settings from the method's: DQC and ABR share every one of them."""
     return RefineSettings(iters=method.iters, batch=method.batch, lr=method.lr, feature_weight=method.feature_weight,
                           bias_lr=method.bias_lr, weight_lr=method.weight_lr,
-                          weight_lr_by_width=method.weight_lr_by_width)
+                          weight_lr_by_width=method.weight_lr_by_width,
+                          weight_bound_lr=method.weight_bound_lr)
 
 
 @dataclass
@@ -103,6 +108,7 @@ class TwoDQuant:
     bias_lr: float = 0.0
     weight_lr: float = 0.0
     weight_lr_by_width: bool = True
+    weight_bound_lr: float | None = None
     name = "2dquant"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -128,7 +134,10 @@ class HarmoQ:
     against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
     ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
     rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
-    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``guard_iters`` > 0 is how
+    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``rounding_damping`` is the
+    damping of SRC's rounding with error feedback (None: nearest rounding) and ``weight_bound_lr``
+    ABR's rate for the weight quantizers' bounds (None: ``lr``), slow so that the rounding keeps
+    its grid; both None is HarmoQ before that rounding (``harmoq-unrounded``). ``guard_iters`` > 0 is how
     many refinement iterations the guards run from the states with and without a step before they
     compare held-out losses (``harmoq-refined-guard``: 20); 0 compares the states as they are.
     """
@@ -141,6 +150,8 @@ class HarmoQ:
     hso: bool = True
     abr: bool = True
     ridges: tuple[float, ...] = (0.05, 0.2, 1.0)
+    rounding_damping: float | None = DEFAULT_ROUNDING_DAMPING
+    weight_bound_lr: float | None = DEFAULT_WEIGHT_BOUND_LR
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
@@ -217,8 +228,9 @@ class HarmoQ:
         def apply() -> dict:
             chosen = structural_residual_calibration(
                 model, fit[-self.src_crops:], self.ridges,
-                lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi()), seed=seed)
-            counts = {str(r): list(chosen.values()).count(r) for r in self.ridges}
+                lambda layer: set_weight_bounds(layer.weight_quantizer, layer.weight, Dobi()), seed=seed,
+                rounding_damping=self.rounding_damping)
+            counts = {label: list(chosen.values()).count(label) for label in sorted(set(chosen.values()))}
             return {"corrected_layers": len(chosen), "ridge_counts": counts}
 
         self._guarded(model, judge, loss, "src", apply, steps)

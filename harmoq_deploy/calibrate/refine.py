@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import HarmoqError, first_line
 from ..io import write_atomic
 from ..progress import progress_bar
-from ..quant import quantizers, set_quantization_enabled
+from ..quant import is_weight_quantizer, quantizers, set_quantization_enabled
 from ..quant.layers import QUANT_LAYER_TYPES
 
 
@@ -47,6 +47,8 @@ class RefineSettings:
     checkpoint_every: int = 25
     bias_lr: float = 0.0
     weight_lr: float = 0.0
+    #: the rate of the weight quantizers' bounds; None: ``lr``, like the activations'
+    weight_bound_lr: float | None = None
     #: scale ``weight_lr`` with each layer's weight grid (``weight_lr_scale``); False: ``weight_lr`` at every width
     weight_lr_by_width: bool = True
 
@@ -138,8 +140,10 @@ class Teacher:
             recorder.close()
 
 
-def _bound_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for q in quantizers(model).values() for p in (q.lower, q.upper) if p is not None]
+def _bound_parameters(model: nn.Module, weights: bool) -> list[nn.Parameter]:
+    """The bounds of the weight quantizers (``weights``) or of all the others."""
+    return [p for name, q in quantizers(model).items() if is_weight_quantizer(name) == weights
+            for p in (q.lower, q.upper) if p is not None]
 
 
 def _quantized_layer_biases(model: nn.Module) -> list[nn.Parameter]:
@@ -177,7 +181,9 @@ def refine_bounds(model: nn.Module, crops: torch.Tensor, feature_pattern: str, s
     carry = carry or {}
     if settings.iters < 0 or settings.batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    groups = [{"params": _bound_parameters(model), "lr": settings.lr}]
+    weight_bound_lr = settings.lr if settings.weight_bound_lr is None else settings.weight_bound_lr
+    groups = [{"params": _bound_parameters(model, False), "lr": settings.lr},
+              {"params": _bound_parameters(model, True), "lr": weight_bound_lr}]
     if settings.bias_lr > 0:
         groups.append({"params": _quantized_layer_biases(model), "lr": settings.bias_lr})
     if settings.weight_lr > 0:

@@ -23,7 +23,10 @@ the weights, re-initialises the layer's weight bounds for the corrected weights,
 the layer run, so downstream layers see the corrected output. lambda is chosen per layer by
 hold-out: fitted on half the crops, each candidate (and no correction at all) is scored by the
 layer's quantized output error on the other half, weight quantization of the corrected weights
-included, which SRC's objective leaves out. See docs/method.md.
+included, which SRC's objective leaves out. With ``rounding_damping`` set each candidate is also
+tried rounded onto its weight grid one input column at a time, each column's rounding error
+compensated by the columns not yet rounded (OPTQ's update), which is the rest of the layer's
+least-squares objective once the weights must lie on the grid. See docs/method.md, section 1.
 """
 
 import math
@@ -35,6 +38,7 @@ from torch import nn
 
 from ..quant.layers import QUANT_LAYER_TYPES, QuantConv2d
 from ..quant.matmul import unquantized_matmuls
+from ..quant.quantizer import fake_quantize
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 MAX_ROWS = 1 << 15
@@ -108,20 +112,49 @@ def structural_objective(layer: nn.Module, x: torch.Tensor, correction: torch.Te
         return err.pow(2).mean().item()
 
 
+def rounding_factor(q_rows: torch.Tensor, damping: float) -> torch.Tensor:
+    """The upper Cholesky factor of ``(E[q q^T] + damping * mean diag I)^-1`` that
+    ``round_with_feedback`` propagates rounding errors with; input columns that never fire get a
+    unit diagonal, so the Gram is invertible and their weights are rounded without feedback."""
+    q_rows = q_rows.double()
+    gram = q_rows.T @ q_rows / len(q_rows)
+    dead = gram.diagonal() <= 0
+    gram[dead, dead] = 1.0
+    gram.diagonal().add_(damping * gram.diagonal().mean())
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(gram)), upper=True)
+
+
+def round_with_feedback(weight: torch.Tensor, quantizer: nn.Module, factor: torch.Tensor) -> torch.Tensor:
+    """``weight`` on its quantizer's grid, one input column at a time, each column's rounding error
+    pushed onto the columns not yet rounded so that ``E || (W - W_rounded) q ||^2`` stays small
+    (OPTQ's update, Frantar et al. 2023; ``factor`` from ``rounding_factor``)."""
+    flat = weight.detach().reshape(weight.shape[0], -1).double().clone()
+    lower, upper = (b.detach().double() for b in quantizer.bounds())
+    for i in range(flat.shape[1]):
+        rounded = fake_quantize(flat[:, i], lower, upper, quantizer.levels)
+        error = (flat[:, i] - rounded) / factor[i, i]
+        flat[:, i:] -= error[:, None] * factor[i, i:][None, :]
+        flat[:, i] = rounded
+    return flat.reshape(weight.shape).to(weight.dtype)
+
+
 def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridges: tuple[float, ...],
                                     reset_weight_bounds: Callable[[nn.Module], None],
-                                    seed: int = 0) -> dict[str, float]:
+                                    seed: int = 0, rounding_damping: float | None = None) -> dict[str, str]:
     """Correct every supported quantized layer of ``model`` in network order.
 
     Each layer solves Theorem 1 on the first half of the batch for every relative lambda in
-    ``ridges`` and keeps the one (or no correction) whose quantized output, weight quantization
-    included, is closest to the float output on the second half. ``reset_weight_bounds(layer)``
-    re-initialises a layer's weight bounds for its current weights. Returns the ridge chosen
-    per corrected layer.
+    ``ridges``. With ``rounding_damping`` set, each of those corrections (and no correction)
+    is also tried rounded onto the weight grid by ``round_with_feedback``, from the Gram of the
+    layer's quantized input on that half. The layer keeps the candidate (or no change) whose
+    quantized output, weight quantization included, is closest to the float output on the
+    second half. ``reset_weight_bounds(layer)`` re-initialises a layer's weight bounds for its
+    current weights; rounding keeps the bounds of the weights it rounds. Returns the choice
+    per changed layer: the ridge, ``+round`` when rounded, or ``round`` alone.
     """
     layers = {name: m for name, m in model.named_modules() if supports_src(m)}
     visited: set[str] = set()
-    chosen: dict[str, float] = {}
+    chosen: dict[str, str] = {}
     generator = torch.Generator().manual_seed(seed)
     crops = crops.to(next(model.parameters()))
 
@@ -144,29 +177,46 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
         weight = layer.weight.detach().clone()
         flat = weight.reshape(weight.shape[0], -1)
         target = rows_x @ flat.T
+        rounds = [False]
+        if rounding_damping is not None and layer.weight_quantizer.channel_axis in (None, 0):
+            factor = rounding_factor(_sample_rows(layer_rows(layer, q[fit], False), generator=generator)[0],
+                                     rounding_damping)
+            rounds.append(True)
 
-        def held_out_error(d_weight: torch.Tensor, d_bias: torch.Tensor) -> float:
+        def candidate(d_weight: torch.Tensor, rounded: bool, biased: bool = True):
+            """The held-out error of ``weight + d_weight`` (rounded if asked) with its least-squares
+            bias when ``biased``, and the weight change, bias change and weight bounds it applies."""
             layer.weight.copy_(weight + d_weight)
             reset_weight_bounds(layer)
+            if rounded:
+                layer.weight.copy_(round_with_feedback(layer.weight, layer.weight_quantizer, factor))
+            d_weight = layer.weight.detach() - weight
+            d_bias = -(mean_dx @ flat.T + mean_q @ d_weight.reshape(flat.shape).T) if biased and layer.bias is not None \
+                else torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
             quantized = layer.weight_quantizer(layer.weight).reshape(flat.shape)
-            return (rows_q @ quantized.T + d_bias - target).pow(2).mean().item()
+            error = (rows_q @ quantized.T + d_bias - target).pow(2).mean().item()
+            bounds = {k: v.clone() for k, v in layer.weight_quantizer.state_dict().items()}
+            return error, d_weight, d_bias, bounds
 
-        no_bias = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
-        best = (held_out_error(torch.zeros_like(weight), no_bias), torch.zeros_like(weight), no_bias, None)
-        for ridge in ridges:
-            d_weight = solve_correction(weight, q_h, dx_h, ridge)
-            d_bias = -(mean_dx @ flat.T + mean_q @ d_weight.reshape(flat.shape).T) if layer.bias is not None \
-                else no_bias
-            error = held_out_error(d_weight, d_bias)
-            if error < best[0]:
-                best = (error, d_weight, d_bias, ridge)
-        _, d_weight, d_bias, ridge = best
+        unchanged = candidate(torch.zeros_like(weight), False, biased=False)
+        best, label = unchanged, None
+        corrections = [(None, torch.zeros_like(weight))] + [(r, solve_correction(weight, q_h, dx_h, r)) for r in ridges]
+        for ridge, d_weight in corrections:
+            for rounded in rounds:
+                if ridge is None and not rounded:
+                    continue
+                result = candidate(d_weight, rounded)
+                if result[0] < best[0]:
+                    best = result
+                    label = "+".join(part for part in ((str(ridge) if ridge is not None else ""),
+                                                        ("round" if rounded else "")) if part)
+        _, d_weight, d_bias, bounds = best
         layer.weight.copy_(weight + d_weight)
-        reset_weight_bounds(layer)
-        if ridge is not None:
+        layer.weight_quantizer.load_state_dict(bounds)
+        if label is not None:
             if layer.bias is not None:
                 layer.bias.add_(d_bias)
-            chosen[name] = ridge
+            chosen[name] = label
 
     handles = [m.register_forward_pre_hook(lambda m, i, n=name: correct(m, i, n)) for name, m in layers.items()]
     try:
