@@ -38,12 +38,16 @@ def _layer_inputs(model, name, crops):
     return seen[0]
 
 
-def test_src_lowers_its_objective_on_held_out_crops(shared):
-    source = load_model(shared / "weights" / "IMDN_x2.pth")
-    model = _dobi(source, _crops(shared, 8, 0), QuantConfig(wbits=3, abits=3))
+def _imdn_layers_on_train_and_held_out_crops(shared, bits):
+    """Three IMDN x2 body layers at DOBI bounds, each with its inputs on training and on held-out crops."""
+    model = _dobi(load_model(shared / "weights" / "IMDN_x2.pth"), _crops(shared, 8, 0), QuantConfig(wbits=bits, abits=bits))
     for name in ("IMDB1.c1", "IMDB3.c3", "IMDB6.c5"):
-        layer = model.get_submodule(name)
-        train, held_out = _layer_inputs(model, name, _crops(shared, 8, 0)), _layer_inputs(model, name, _crops(shared, 8, 1))
+        yield (model.get_submodule(name), _layer_inputs(model, name, _crops(shared, 8, 0)),
+               _layer_inputs(model, name, _crops(shared, 8, 1)))
+
+
+def test_src_lowers_its_objective_on_held_out_crops(shared):
+    for layer, train, held_out in _imdn_layers_on_train_and_held_out_crops(shared, bits=3):
         with torch.no_grad():
             q = layer.input_quantizer(train)
             correction = solve_correction(layer.weight, layer_rows(layer, q, True), layer_rows(layer, q - train, True),
@@ -52,11 +56,7 @@ def test_src_lowers_its_objective_on_held_out_crops(shared):
 
 
 def test_rounding_with_feedback_lowers_the_output_error_of_nearest_rounding_on_held_out_crops(shared):
-    source = load_model(shared / "weights" / "IMDN_x2.pth")
-    model = _dobi(source, _crops(shared, 8, 0), QuantConfig(wbits=2, abits=2))
-    for name in ("IMDB1.c1", "IMDB3.c3", "IMDB6.c5"):
-        layer = model.get_submodule(name)
-        train, held_out = _layer_inputs(model, name, _crops(shared, 8, 0)), _layer_inputs(model, name, _crops(shared, 8, 1))
+    for layer, train, held_out in _imdn_layers_on_train_and_held_out_crops(shared, bits=2):
         with torch.no_grad():
             factor = rounding_factor(layer_rows(layer, layer.input_quantizer(train), False), damping=0.01)
             rounded = round_with_feedback(layer.weight, layer.weight_quantizer, factor)
