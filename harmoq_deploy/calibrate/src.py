@@ -173,14 +173,14 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
                                  generator=generator)
         rows_q, rows_x = _sample_rows(layer_rows(layer, q[check], False), layer_rows(layer, x[check], False),
                                       generator=generator)
-        mean_dx, mean_q = (layer_rows(layer, t[fit], False).mean(0) for t in (q - x, q))
+        fit_rows_q = layer_rows(layer, q[fit], False)
+        mean_dx, mean_q = layer_rows(layer, (q - x)[fit], False).mean(0), fit_rows_q.mean(0)
         weight = layer.weight.detach().clone()
         flat = weight.reshape(weight.shape[0], -1)
         target = rows_x @ flat.T
         rounds = [False]
         if rounding_damping is not None and layer.weight_quantizer.channel_axis in (None, 0):
-            factor = rounding_factor(_sample_rows(layer_rows(layer, q[fit], False), generator=generator)[0],
-                                     rounding_damping)
+            factor = rounding_factor(_sample_rows(fit_rows_q, generator=generator)[0], rounding_damping)
             rounds.append(True)
 
         def candidate(d_weight: torch.Tensor, rounded: bool, biased: bool = True):
@@ -198,8 +198,7 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
             bounds = {k: v.clone() for k, v in layer.weight_quantizer.state_dict().items()}
             return error, d_weight, d_bias, bounds
 
-        unchanged = candidate(torch.zeros_like(weight), False, biased=False)
-        best, label = unchanged, None
+        best, label = candidate(torch.zeros_like(weight), False, biased=False), None
         corrections = [(None, torch.zeros_like(weight))] + [(r, solve_correction(weight, q_h, dx_h, r)) for r in ridges]
         for ridge, d_weight in corrections:
             for rounded in rounds:
