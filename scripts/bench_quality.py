@@ -18,7 +18,8 @@ from benchlib import (MODELS, RESULTS, QualityRow, bit_widths, machine, resumabl
                       write_results)
 
 from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
-from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS, DEFAULT_WEIGHT_LR
+from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS, DEFAULT_WEIGHT_BOUND_LRS, \
+    DEFAULT_WEIGHT_LR
 from harmoq_deploy.data import load_benchmark, sample_calibration_crops
 from harmoq_deploy.eval import score_pairs
 from harmoq_deploy.models import load_model
@@ -33,14 +34,16 @@ METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt
 #: `-uniform-weight-lr`: the weights refined at one rate for every width (HarmoQ's first weight refinement);
 #: `harmoq-refined-guard`: HSO and SRC judged after a short refinement from each state, not on the states they
 #: leave (docs/method.md, section 4); `harmoq-unrounded`: HarmoQ before SRC rounded its weights with error
-#: feedback and ABR moved the weight grids slowly (section 1).
+#: feedback and ABR moved the weight grids slowly (section 1); `harmoq-slow-grids`: the weight grids always slow, never
+#: tried at the activations' rate (HarmoQ of 2026-11-30, seventh sitting; section 3).
 VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0, weight_lr=0.0)),
             "harmoq-frozen-weights": ("harmoq", dict(weight_lr=0.0)),
             "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR)),
             "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR)),
             "harmoq-uniform-weight-lr": ("harmoq", dict(weight_lr_by_width=False)),
             "harmoq-refined-guard": ("harmoq", dict(guard_iters=20)),
-            "harmoq-unrounded": ("harmoq", dict(rounding_damping=None, weight_bound_lr=None)),
+            "harmoq-slow-grids": ("harmoq", dict(weight_bound_lrs=(DEFAULT_WEIGHT_BOUND_LRS[0],))),
+            "harmoq-unrounded": ("harmoq", dict(rounding_damping=None, weight_bound_lrs=(None,))),
             "2dquant+free-uniform-weight-lr": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR,
                                                                 weight_lr_by_width=False))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
@@ -140,7 +143,9 @@ def main() -> None:
                      f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
                      "cosine; HarmoQ's SRC rounds its corrected weights onto their grids with error feedback "
                      f"(damping {HarmoQ.rounding_damping:g}) and its ABR moves the weight grids at lr "
-                     f"{HarmoQ.weight_bound_lr:g} (`harmoq-unrounded`: neither, HarmoQ before 2026-11-30, seventh "
+                     f"{' or '.join(f'{r:g}' for r in HarmoQ.weight_bound_lrs)}, whichever reaches the lower loss on "
+                     f"the held-out crops after {HarmoQ.rate_trial_iters} refinement iterations on the others "
+                     "(`harmoq-unrounded`: neither rounding nor a slower rate, HarmoQ before 2026-11-30, seventh "
                      "sitting), and also refines the biases and weights of the quantized layers (Adam lr "
                      f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}, the latter scaled by 7 over the weight "
                      "grid's step count (x7/3 at 2 bits, x1 at 3, x7/15 at 4 on asymmetric grids); "

@@ -163,7 +163,7 @@ def test_harmoq_refines_towards_the_float_model_not_the_corrected_one(shared, ha
     with torch.no_grad():
         corrected_out = calibrated.model(crops)
     assert calibrated.corrected_weights and relative(corrected_out, crops) > 1e-3, "SRC moved the float function"
-    assert len(teachers) == 3, "the guard's two short refinements and ABR"
+    assert len(teachers) == 5, "the guard's two short refinements, the two weight-grid rate trials and ABR"
     assert all(relative(t.outputs, t.crops) < 1e-6 for t in teachers)
 
 
@@ -200,7 +200,24 @@ def test_harmoq_does_not_judge_a_step_that_changed_nothing(shared, harmoq_imdn, 
     source, config, method = harmoq_imdn(src=False, guard_iters=2)
     hso, _ = calibrate(source, config, method, _crops(shared, 6, 0)).steps
     assert not hso.applied and hso.loss_before == hso.loss_after and hso.detail["scaled"] == 0
-    assert len(refinements) == 2, "the DOBI state's judgment and ABR"
+    assert len(refinements) == 4, "the DOBI state's judgment, the two weight-grid rate trials and ABR"
+
+
+def test_harmoq_moves_the_weight_grids_at_the_rate_its_trials_judge_best(shared, harmoq_imdn):
+    crops = _crops(shared, 6, 0)
+    source, config, method = harmoq_imdn(weight_bound_lrs=(0.0, 1e-2), rate_trial_iters=3)
+    tried = calibrate(source, config, method, crops)
+    abr = tried.steps[-1].detail
+    trials = abr["weight_bound_lr_trials"]
+    assert set(trials) == {"0.0", "0.01"} and trials["0.0"] != trials["0.01"]
+    assert str(abr["weight_bound_lr"]) == min(trials, key=trials.get)
+
+    source, config, untried = harmoq_imdn(weight_bound_lrs=(abr["weight_bound_lr"],), rate_trial_iters=3)
+    direct = calibrate(source, config, untried, crops)
+    assert direct.steps[-1].detail["weight_bound_lr_trials"] == {}, "a single rate is not tried"
+    direct_state = direct.model.state_dict()
+    assert all(torch.equal(v, direct_state[k]) for k, v in tried.model.state_dict().items()), \
+        "the trials leave no trace: the same model as refining at the chosen rate alone"
 
 
 def test_harmoq_resumes_an_interrupted_refinement_exactly(shared, tmp_path, harmoq_imdn, monkeypatch):

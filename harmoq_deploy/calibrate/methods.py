@@ -8,8 +8,8 @@ scales) and a record of what each step did.
 - ``TwoDQuant``: DOBI, then DQC: the bounds alone refined by distillation to the float model.
 - ``HarmoQ``: DOBI, then HSO (harmonized per-channel scales, folded), SRC (closed-form
   structural weight correction, rounded onto the weight grid with error feedback), ABR
-  (refinement of the bounds, the weight grids' slowly, and of the corrected weights and biases,
-  alternating with HSO re-solves).
+  (refinement of the bounds, the weight grids' at a rate chosen by a short trial on held-out
+  crops, and of the corrected weights and biases, alternating with HSO re-solves).
   Execution order is HSO -> SRC -> ABR: SRC compensates the activation error of the final
   activation grid, which HSO changes. Each closed-form step is kept only if it lowers the
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
@@ -41,9 +41,12 @@ DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 #: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights, the latter at
 #: 3 bits and scaled to the grid at other widths (refine.weight_lr_scale; docs/method.md, section 3)
 DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3
-#: SRC's rounding of the corrected weights (the Gram's damping, relative to its mean diagonal), and the rate
-#: at which ABR then moves the weight grids: slowly, so that the rounding stays on the grid it was made for
-DEFAULT_ROUNDING_DAMPING, DEFAULT_WEIGHT_BOUND_LR = 0.01, 1e-3
+#: SRC's rounding of the corrected weights (the Gram's damping, relative to its mean diagonal), and the rates
+#: ABR may move the weight grids at: slowly, so that the rounding stays on the grid it was made for, or as fast
+#: as the activations' grids; a short trial from SRC's result picks one (docs/method.md, section 3)
+DEFAULT_ROUNDING_DAMPING, DEFAULT_WEIGHT_BOUND_LRS = 0.01, (1e-3, 1e-2)
+#: the refinement iterations each weight-grid rate is tried for before ABR
+DEFAULT_RATE_TRIAL_ITERS = 25
 
 
 @dataclass
@@ -84,12 +87,12 @@ def _changed_since(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[st
             if n in before and not torch.equal(p, before[n])}
 
 
-def _refine_settings(method: "TwoDQuant | HarmoQ") -> RefineSettings:
-    """The distillation loop's settings from the method's: DQC and ABR share every one of them."""
+def _refine_settings(method: "TwoDQuant | HarmoQ", weight_bound_lr: float | None = None) -> RefineSettings:
+    """The distillation loop's settings from the method's: DQC and ABR share every one of them
+    but the weight grids' rate, which HarmoQ chooses (None: the activations' rate)."""
     return RefineSettings(iters=method.iters, batch=method.batch, lr=method.lr, feature_weight=method.feature_weight,
                           bias_lr=method.bias_lr, weight_lr=method.weight_lr,
-                          weight_lr_by_width=method.weight_lr_by_width,
-                          weight_bound_lr=method.weight_bound_lr)
+                          weight_lr_by_width=method.weight_lr_by_width, weight_bound_lr=weight_bound_lr)
 
 
 @dataclass
@@ -108,7 +111,6 @@ class TwoDQuant:
     bias_lr: float = 0.0
     weight_lr: float = 0.0
     weight_lr_by_width: bool = True
-    weight_bound_lr: float | None = None
     name = "2dquant"
 
     def run(self, model: nn.Module, crops: torch.Tensor, layout: ArchLayout, seed: int = 0,
@@ -135,9 +137,11 @@ class HarmoQ:
     ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
     rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
     (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``rounding_damping`` is the
-    damping of SRC's rounding with error feedback (None: nearest rounding) and ``weight_bound_lr``
-    ABR's rate for the weight quantizers' bounds (None: ``lr``), slow so that the rounding keeps
-    its grid; both None is HarmoQ before that rounding (``harmoq-unrounded``). ``guard_iters`` > 0 is how
+    damping of SRC's rounding with error feedback (None: nearest rounding); ``weight_bound_lrs``
+    the rates ABR may move the weight quantizers' bounds at (None: ``lr``), each tried for
+    ``rate_trial_iters`` iterations from SRC's result on the fit crops and judged on the held-out
+    ones, the best kept (a single rate is not tried); no rounding and the single rate ``lr``
+    (``None``) is HarmoQ before that rounding (``harmoq-unrounded``). ``guard_iters`` > 0 is how
     many refinement iterations the guards run from the states with and without a step before they
     compare held-out losses (``harmoq-refined-guard``: 20); 0 compares the states as they are.
     """
@@ -151,7 +155,8 @@ class HarmoQ:
     abr: bool = True
     ridges: tuple[float, ...] = (0.05, 0.2, 1.0)
     rounding_damping: float | None = DEFAULT_ROUNDING_DAMPING
-    weight_bound_lr: float | None = DEFAULT_WEIGHT_BOUND_LR
+    weight_bound_lrs: tuple[float | None, ...] = DEFAULT_WEIGHT_BOUND_LRS
+    rate_trial_iters: int = DEFAULT_RATE_TRIAL_ITERS
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
@@ -178,7 +183,7 @@ class HarmoQ:
         if self.src:
             self._structural_residual(model, fit, judge, loss, seed, steps)
         if self.abr:
-            self._refine(model, crops, teacher, groups, layout, seed, checkpoint, steps)
+            self._refine(model, crops, teacher, groups, layout, seed, checkpoint, judge, steps)
         changed = _changed_since(model, before)
         scales = {g.producer: {"consumers": list(g.consumers), "scale": g.scale.clone(),
                                "exponent": g.exponent.item()}
@@ -235,9 +240,27 @@ class HarmoQ:
 
         self._guarded(model, judge, loss, "src", apply, steps)
 
-    def _refine(self, model, crops, teacher, groups, layout, seed, checkpoint, steps) -> None:
+    def rate_trial_iters_run(self) -> int:
+        """How many refinement iterations each weight-grid rate is tried for: 0 when there is
+        no choice to make."""
+        return min(self.rate_trial_iters, self.iters) if self.abr and len(self.weight_bound_lrs) > 1 else 0
+
+    def _weight_bound_trials(self, model, judge: "_HeldOutJudge") -> dict[float | None, float]:
+        """The held-out loss a short refinement from the current state reaches at each weight-grid
+        rate (the state is restored after each): SRC's rounding wants its grids still, but how much
+        a model needs its weight grids to move is a property of the model (docs/method.md, section 3)."""
+        iters = self.rate_trial_iters_run()
+        if not iters:
+            return {}
+        return {rate: judge(model, replace(judge.settings, iters=iters, weight_bound_lr=rate),
+                            f"trying weight-grid rate {rate or self.lr:g}")
+                for rate in self.weight_bound_lrs}
+
+    def _refine(self, model, crops, teacher, groups, layout, seed, checkpoint, judge, steps) -> None:
         start = time.perf_counter()
         resolves = []
+        trials = self._weight_bound_trials(model, judge)
+        weight_bound_lr = min(trials, key=trials.get) if trials else self.weight_bound_lrs[0]
 
         every = max(self.iters // (self.hso_resolves + 1), 1)
 
@@ -246,39 +269,45 @@ class HarmoQ:
                 resolves.append(sum(solve_group(model, g, True) for g in groups))
 
         carry = {f"{g.producer}.{part}": getattr(g, part) for g in groups for part in ("scale", "exponent")}
-        losses = refine_bounds(model, crops, layout.feature_taps, _refine_settings(self), seed=seed,
+        losses = refine_bounds(model, crops, layout.feature_taps, _refine_settings(self, weight_bound_lr), seed=seed,
                                checkpoint=checkpoint, between_steps=between_steps, carry=carry,
-                               fingerprint={"method": self.name, **asdict(self)}, teacher=teacher)
+                               fingerprint={"method": self.name, **asdict(self), "weight_bound_lr": weight_bound_lr},
+                               teacher=teacher)
         steps.append(StepReport("abr", True, losses[0] if losses else None, losses[-1] if losses else None,
                                 time.perf_counter() - start,
-                                {"iterations_run": len(losses), "hso_resolves_changed_groups": resolves}))
+                                {"iterations_run": len(losses), "hso_resolves_changed_groups": resolves,
+                                 "weight_bound_lr": weight_bound_lr,
+                                 "weight_bound_lr_trials": {str(rate): loss for rate, loss in trials.items()}}))
 
 
 class _HeldOutJudge:
-    """The distillation loss on the held-out crops that a state of the model reaches after
-    ``guard_iters`` iterations of ABR's refinement on the fit crops, never more than ABR runs
-    (the state is restored after).
+    """The distillation loss on the held-out crops that a state of the model reaches after a
+    short run of ABR's refinement on the fit crops (the state is restored after): ``guard_iters``
+    iterations, never more than ABR runs, unless the call names other settings.
 
     ABR refines whatever HSO and SRC leave, so the guards compare where each state ends up, not
-    where it starts. The short refinement fits the fit crops only, against a teacher of its own,
-    so the held-out crops stay unseen; without ABR (or at 0 iterations) nothing is refined.
+    where it starts, and the weight-grid rate trials where each rate leads. The short refinement
+    fits the fit crops only, against a teacher of its own, so the held-out crops stay unseen;
+    without ABR (or at 0 iterations) nothing is refined.
     """
 
     def __init__(self, method: HarmoQ, model: nn.Module, held_out: torch.Tensor, fit: torch.Tensor,
                  feature_taps: str, seed: int):
         iters = min(method.guard_iters, method.iters) if method.abr else 0
-        self.settings = replace(_refine_settings(method), iters=iters)
+        self.settings = replace(_refine_settings(method, method.weight_bound_lrs[0]), iters=iters)
         self.feature_weight, self.feature_taps, self.fit, self.seed = method.feature_weight, feature_taps, fit, seed
         self.held_out = Teacher(model, held_out, feature_taps)
-        self.fit_teacher = Teacher(model, fit, feature_taps) if iters else None
+        self.fit_teacher = Teacher(model, fit, feature_taps) if iters or method.rate_trial_iters_run() else None
 
-    def __call__(self, model: nn.Module) -> float:
-        if not self.settings.iters:
+    def __call__(self, model: nn.Module, settings: RefineSettings | None = None,
+                 description: str = "guard: short refinement") -> float:
+        settings = settings or self.settings
+        if not settings.iters:
             return self.held_out.judge(model, self.feature_weight)
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         try:
-            refine_bounds(model, self.fit, self.feature_taps, self.settings, seed=self.seed, teacher=self.fit_teacher,
-                          description="guard: short refinement")
+            refine_bounds(model, self.fit, self.feature_taps, settings, seed=self.seed, teacher=self.fit_teacher,
+                          description=description)
             return self.held_out.judge(model, self.feature_weight)
         finally:
             model.load_state_dict(saved)
