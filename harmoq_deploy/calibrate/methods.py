@@ -36,7 +36,7 @@ from .observe import observe_activations
 from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 356.0 s (quality_onehost, 2026-11-29, 2 cores)
+#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 523.7 s (quality_avx2_trial, 2026-11-30, 2 cores)
 DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
 #: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights, the latter at
 #: 3 bits and scaled to the grid at other widths (refine.weight_lr_scale; docs/method.md, section 3)
@@ -253,7 +253,7 @@ class HarmoQ:
         if not iters:
             return {}
         return {rate: judge(model, replace(judge.settings, iters=iters, weight_bound_lr=rate),
-                            f"trying weight-grid rate {rate or self.lr:g}")
+                            f"trying weight-grid rate {self.lr if rate is None else rate:g}")
                 for rate in self.weight_bound_lrs}
 
     def _refine(self, model, crops, teacher, groups, layout, seed, checkpoint, judge, steps) -> None:

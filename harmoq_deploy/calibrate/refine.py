@@ -8,8 +8,8 @@ so no second copy of the weights is held. Objective:
 
 with f_g the output of residual group g (the layout's ``feature_taps``) and n() the L2
 normalisation of each sample's flattened features. Adam on the bounds, cosine decay, the weight
-quantizers' bounds at their own rate when ``weight_bound_lr`` is set (HarmoQ keeps its rounded
-weights' grids nearly still); with
+quantizers' bounds at their own rate when ``weight_bound_lr`` is set (HarmoQ tries its rounded
+weights' grids nearly still and at the activations' rate, and keeps the better); with
 ``bias_lr > 0`` also on the biases of the quantized layers, and with ``weight_lr > 0`` on their
 weights, each at its own learning rate (the weights' scaled to their grid, ``weight_lr_scale``).
 HarmoQ's ABR refines SRC's corrected weights and biases this way, against the grids the bounds
