@@ -146,6 +146,7 @@ def main() -> None:
                      f"{' or '.join(f'{r:g}' for r in HarmoQ.weight_bound_lrs)}, whichever reaches the lower loss on "
                      f"the held-out crops after {HarmoQ.rate_trial_iters} refinement iterations on the others "
                      "(`harmoq-unrounded`: neither rounding nor a slower rate, HarmoQ before 2026-11-30, seventh "
+                     f"sitting; `harmoq-slow-grids`: {DEFAULT_WEIGHT_BOUND_LRS[0]:g} without a trial, HarmoQ of that "
                      "sitting), and also refines the biases and weights of the quantized layers (Adam lr "
                      f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}, the latter scaled by 7 over the weight "
                      "grid's step count (x7/3 at 2 bits, x1 at 3, x7/15 at 4 on asymmetric grids); "
