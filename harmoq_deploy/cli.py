@@ -17,6 +17,7 @@ _err = Console(stderr=True)
 DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
 # Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
 DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 100, 4, 1e-3, 1e-3
+DEFAULT_WEIGHT_BOUND_LRS = "0.001,0.01"
 DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
@@ -48,6 +49,11 @@ def _calib_options(f):
 
 
 def _abr_rate_options(f):
+    f = click.option("--weight-bound-lrs",
+                     help="harmoq: rates ABR may move the weight grids' bounds at, comma-separated; each is tried "
+                          "for a short refinement judged on held-out crops and the best is kept. One rate skips "
+                          "the trials (faster; 0.001 keeps SRC's rounding on its grid) "
+                          f"[default: {DEFAULT_WEIGHT_BOUND_LRS}]")(f)
     f = click.option("--weight-lr", type=float,
                      help="harmoq: learning rate at which ABR also refines the quantized layers' (SRC-corrected) "
                           f"weights, at 3 bits (scaled to the grid step at other widths); 0 keeps them frozen "
@@ -77,32 +83,45 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _weight_bound_lrs(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(dict.fromkeys(float(part) for part in text.split(",")))
+    except ValueError:
+        rates = ()
+    if not rates or not all(0 < rate < float("inf") for rate in rates):
+        raise HarmoqError(f"--weight-bound-lrs takes comma-separated rates > 0, got {text!r}")
+    return rates
+
+
 def _method_settings(method_name: str, iters: int, batch: int, bias_lr: float | None = None,
-                     weight_lr: float | None = None) -> dict:
-    """``--iters``/``--batch``/``--bias-lr``/``--weight-lr`` checked, as the settings of a method
-    that refines by distillation."""
+                     weight_lr: float | None = None, weight_bound_lrs: str | None = None) -> dict:
+    """``--iters``/``--batch`` and HarmoQ's ABR rates checked, as the settings of a method that
+    refines by distillation."""
     from .calibrate import OPTIMIZING_METHODS
 
     if iters < 0 or batch < 1:
         raise HarmoqError("--iters must be >= 0 and --batch >= 1")
-    rates = {k: v for k, v in (("bias_lr", bias_lr), ("weight_lr", weight_lr)) if v is not None}
-    for key, rate in rates.items():
-        option = "--" + key.replace("_", "-")
-        if method_name != "harmoq":
-            raise HarmoqError(f"{option} is a harmoq setting; {method_name} keeps every weight frozen")
-        if not rate >= 0:
-            raise HarmoqError(f"{option} must be >= 0, got {rate:g}")
+    harmoq_only = {k: v for k, v in (("bias_lr", bias_lr), ("weight_lr", weight_lr),
+                                     ("weight_bound_lrs", weight_bound_lrs)) if v is not None}
+    if harmoq_only and method_name != "harmoq":
+        option = "--" + next(iter(harmoq_only)).replace("_", "-")
+        raise HarmoqError(f"{option} is a harmoq setting; {method_name} refines only the bounds at one rate")
+    for key in ("bias_lr", "weight_lr"):
+        if key in harmoq_only and not harmoq_only[key] >= 0:
+            raise HarmoqError(f"--{key.replace('_', '-')} must be >= 0, got {harmoq_only[key]:g}")
+    if weight_bound_lrs is not None:
+        harmoq_only["weight_bound_lrs"] = _weight_bound_lrs(weight_bound_lrs)
     if method_name not in OPTIMIZING_METHODS:
         return {}
-    return {"iters": iters, "batch": batch, **rates}
+    return {"iters": iters, "batch": batch, **harmoq_only}
 
 
-def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, bias_lr, weight_lr, device,
+def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, abr_rates, device,
                 checkpoint=None):
     from .calibrate import calibrate, make_method
     from .data import sample_calibration_crops
 
-    method = make_method(method_name, **_method_settings(method_name, iters, batch, bias_lr, weight_lr))
+    method = make_method(method_name, **_method_settings(method_name, iters, batch, **abr_rates))
     if calib is None:
         raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
     device = _check_device(device)
@@ -126,8 +145,7 @@ def cli():
 @click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
 def eval_command(model_path, method, artifact, bits, wbits, abits, layers, target, device, batch, iters, bias_lr,
-                 weight_lr,
-                 calib, crops, patch, seed, datasets, data_root, json_path):
+                 weight_lr, weight_bound_lrs, calib, crops, patch, seed, datasets, data_root, json_path):
     """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
     from .calibrate import apply_artifact, load_artifact
     from .eval import evaluate
@@ -145,8 +163,8 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
         model = source.module
     else:
         config = _quant_config(bits, wbits, abits, layers, target)
-        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, bias_lr, weight_lr,
-                            device)[0].model
+        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
+        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates, device)[0].model
     scores = evaluate(model, source.scale, names, data_root)
     table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
     for name, score in scores.items():
@@ -163,7 +181,7 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
 @_calib_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
 def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, bias_lr, weight_lr,
-                      calib, crops, patch, seed, output):
+                      weight_bound_lrs, calib, crops, patch, seed, output):
     """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors).
 
     2dquant and harmoq checkpoint their refinement next to the output; interrupted (Ctrl-C),
@@ -180,8 +198,9 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
     checkpoint = output.parent / f".{output.name}.checkpoint.pt"
     start = time.perf_counter()
     try:
-        calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, bias_lr,
-                                             weight_lr, device, checkpoint)
+        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
+        calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates,
+                                             device, checkpoint)
     except KeyboardInterrupt:
         if checkpoint.is_file():
             _err.print(f"interrupted; run the same command again to resume from {checkpoint}", markup=False)
@@ -356,14 +375,15 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
               show_default=True, help="TensorRT timing cache, reused across builds.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
 def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
-                   iters, batch, bias_lr, weight_lr, datasets, data_root, threshold, hw_compat, timing_cache, output):
+                   iters, batch, bias_lr, weight_lr, weight_bound_lrs, datasets, data_root, threshold, hw_compat,
+                   timing_cache, output):
     """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
     from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
 
     if artifact is None:
         config = _quant_config(bits, wbits, abits, None, "tensorrt")
         wbits, abits = config.wbits, config.abits
-    settings = _method_settings(method, iters, batch, bias_lr, weight_lr)
+    settings = _method_settings(method, iters, batch, bias_lr, weight_lr, weight_bound_lrs)
     names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else default_datasets()
     if not names:
         raise HarmoqError("--datasets names no dataset")

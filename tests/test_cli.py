@@ -109,12 +109,17 @@ def test_calibrate_harmoq_writes_corrected_weights_and_reports_its_steps(shared,
     out = tmp_path / "harmoq_art"
     code, stdout, err = run_cli(["calibrate", "--model", pan, "--method", "harmoq", "--bits", 3, "--calib", calib,
                                  "--crops", 8, "--patch", 16, "--iters", 4, "--batch", 2, "--bias-lr", 2e-3,
-                                 "--weight-lr", 5e-4, "--target", "tensorrt", "-o", out], capsys)
+                                 "--weight-lr", 5e-4, "--weight-bound-lrs", "3e-3", "--target", "tensorrt", "-o", out],
+                                capsys)
     assert code == 0, err
     assert "abr: kept" in stdout and f"wrote {out}" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["settings"]["iters"] == 4 and manifest["quant_config"]["target"] == "tensorrt"
     assert manifest["method"]["settings"]["bias_lr"] == 2e-3 and manifest["method"]["settings"]["weight_lr"] == 5e-4
+    assert manifest["method"]["settings"]["weight_bound_lrs"] == [3e-3]
+    abr = next(step for step in manifest["method"]["steps"] if step["name"] == "abr")
+    assert abr["detail"]["weight_bound_lr"] == 3e-3 and not abr["detail"]["weight_bound_lr_trials"], \
+        "a single rate is used as given, without trials"
     assert manifest["corrected_weights"] or not any(s["applied"] for s in manifest["method"]["steps"][:2])
     assert not (tmp_path / ".harmoq_art.checkpoint.pt").exists(), "the checkpoint is removed once the artifact is written"
 
@@ -130,6 +135,10 @@ def test_bad_refinement_settings(shared, tmp_path, capsys):
     one_line_error([*base[:4], "2dquant", *base[5:], "--bias-lr", 1e-3], capsys, "--bias-lr is a harmoq setting")
     one_line_error([*base, "--weight-lr", -1e-3], capsys, "--weight-lr must be >= 0")
     one_line_error([*base[:4], "2dquant", *base[5:], "--weight-lr", 1e-3], capsys, "--weight-lr is a harmoq setting")
+    for bad_rates in ("", "0.001,", "fast", "0,0.01", "-1e-3", "inf"):
+        one_line_error([*base, "--weight-bound-lrs", bad_rates], capsys, "--weight-bound-lrs takes comma-separated")
+    one_line_error([*base[:4], "2dquant", *base[5:], "--weight-bound-lrs", "1e-3"], capsys,
+                   "--weight-bound-lrs is a harmoq setting")
     assert not (tmp_path / "o").exists()
 
 
@@ -159,3 +168,4 @@ def test_the_cli_defaults_match_the_calibration_stage():
 
     assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH, cli.DEFAULT_BIAS_LR, cli.DEFAULT_WEIGHT_LR) == \
         (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH, methods.DEFAULT_BIAS_LR, methods.DEFAULT_WEIGHT_LR)
+    assert cli._weight_bound_lrs(cli.DEFAULT_WEIGHT_BOUND_LRS) == methods.DEFAULT_WEIGHT_BOUND_LRS
