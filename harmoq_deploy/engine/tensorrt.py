@@ -1,30 +1,41 @@
-"""TensorRT builder and runner for the exported Q/DQ graphs (TensorRT 10.x and 11.x Python API).
+"""TensorRT builder and runner for the exported graphs (TensorRT 10.x and 11.x Python API, through polygraphy).
 
 ``tensorrt`` is imported lazily: everything else in the project works without it, and asking
 for this backend where it is missing fails with one line naming the missing piece.
 
-What the builder does: parse the ONNX graph; create the network strongly typed (TensorRT 10 asks
-for it with a creation flag, TensorRT 11 networks always are), so precision comes from the graph
-itself (Q/DQ -> INT8 kernels, everything else FP32); no implicit-INT8 calibrator, no precision
-builder flags. One optimisation profile: the fixed tile, or min/opt/max sides for a dynamic
-graph. Optional hardware compatibility (``ampere+``: an engine for A100 built on any Ampere or
-newer GPU). A timing cache is loaded before and saved after every build, so rebuilding the
-same layers is fast. The runner keeps device buffers as torch CUDA tensors and runs on torch's
-current stream: no second CUDA library.
+What the builder does: polygraphy's loaders parse the ONNX graph (``NetworkFromOnnxPath``),
+configure the build (``CreateConfig``: one optimisation profile, the workspace, the hardware
+compatibility level, the timing cache loaded before the build) and build it
+(``EngineBytesFromNetwork``, which saves the timing cache after). The network is strongly typed
+(TensorRT 10 asks for it with a creation flag, TensorRT 11 networks always are), so precision
+comes from the graph itself: Q/DQ -> INT8 kernels, everything else FP32; no calibrator, no
+precision flags. ``--hw-compat ampere+`` builds an engine for A100 on any Ampere-or-newer GPU.
 
-VERIFICATION STATUS: the pure parts (``profile_shapes``, ``config_choices``,
-``tensorrt_status``) are unit-tested. The parts that call TensorRT have not been executed in this
-project: no machine it ran on had TensorRT (PyPI only has download stubs of the builder wheels
-and the lent GPU machine has none installed). They follow the TensorRT 10/11 API reference.
+A plugin-format graph (``harmoq::LowBitLinear`` nodes) needs two things polygraphy cannot
+express: the plugin registered in the process (``plugins/tensorrt_plugin.py``; done before every
+build and every load), and the network created with ``PREFER_AOT_PYTHON_PLUGINS``, because the
+plugin has both an AOT and a JIT implementation and TensorRT refuses to choose. That network is
+made here and handed to polygraphy's config and build loaders. The AOT kernel is compiled for
+``aot_capability(settings)``: sm_80 PTX for ``ampere+``, this GPU's architecture otherwise.
+
+The runner is polygraphy's ``TrtRunner`` fed with torch CUDA tensors.
+
+VERIFICATION STATUS: the pure parts (``profile_shapes``, ``config_choices``, ``aot_capability``,
+``tensorrt_status``) are unit-tested; every TensorRT attribute this module and the plugin use is
+checked against the names in the TensorRT 10 and 11 Python bindings (``tests/test_tensorrt_api.py``),
+and the plugin is driven through NVIDIA's ``tensorrt.plugin`` with a stand-in for the compiled
+module. The build and the run have not been executed: no machine this project ran on had
+TensorRT's libraries (PyPI's builder wheels are download stubs here, and the lent GPU machines
+have none).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ..errors import HarmoqError, first_line
-from ..io import write_atomic
 
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS"}
 
@@ -62,13 +73,26 @@ def profile_shapes(settings: BuildSettings) -> tuple[tuple[int, ...], tuple[int,
     return tuple((1, 3, side, side) for side in (settings.min_side, settings.opt_side, settings.max_side))
 
 
-def config_choices(settings: BuildSettings, major_version: int) -> dict:
-    """The builder options applied for ``settings`` on TensorRT ``major_version`` (recorded in reports)."""
+AMPERE = 80  # compute capability of the A100, the oldest GPU an ``ampere+`` engine runs on
+
+
+def aot_capability(settings: BuildSettings, device_capability: int) -> int:
+    """The compute capability the plugin's AOT kernel is compiled for: sm_80 for ``ampere+``
+    (PTX for sm_80 runs on every newer GPU; Triton's sm_90 code is sm_90a, Hopper only), the
+    building GPU's otherwise."""
+    return AMPERE if settings.hardware_compatibility == "ampere+" else device_capability
+
+
+def config_choices(settings: BuildSettings, major_version: int, lowbit_plugin: bool = False) -> dict:
+    """The builder options applied for ``settings`` on TensorRT ``major_version`` (recorded in reports);
+    ``lowbit_plugin``: the graph has ``harmoq::LowBitLinear`` nodes."""
     if major_version < 10:
         raise HarmoqError(f"TensorRT {major_version}.x is too old: the builder needs TensorRT 10 or newer")
     return {
         # TensorRT 11 networks are always strongly typed; 10 needs the flag.
         "strongly_typed_flag": major_version == 10,
+        # both plugin implementations are defined, so TensorRT must be told which to take
+        "network_flags": ["PREFER_AOT_PYTHON_PLUGINS"] if lowbit_plugin else [],
         "hardware_compatibility_level": HARDWARE_COMPATIBILITY[settings.hardware_compatibility],
         "workspace_bytes": int(settings.workspace_gib * (1 << 30)),
         "profile": [list(s) for s in profile_shapes(settings)],
@@ -100,10 +124,6 @@ def _tensorrt():
     return trt
 
 
-def _logger(trt):
-    return trt.Logger(trt.Logger.WARNING)
-
-
 def uses_lowbit_plugin(onnx_path: Path) -> bool:
     """Whether the graph has ``harmoq::LowBitLinear`` nodes (plugin format) that need the plugin registered."""
     import onnx
@@ -113,76 +133,106 @@ def uses_lowbit_plugin(onnx_path: Path) -> bool:
     return any(node.op_type == OP for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
-def build_engine(onnx_path: Path, settings: BuildSettings) -> tuple[bytes, dict]:
-    """Build a serialized engine from an exported graph; returns it and the choices made."""
-    trt = _tensorrt()
-    major = int(trt.__version__.split(".")[0])
-    choices = config_choices(settings, major)
-    logger = _logger(trt)
-    trt.init_libnvinfer_plugins(logger, "")
-    if uses_lowbit_plugin(onnx_path):
-        from ..plugins.tensorrt_plugin import register
+def _network_preferring_aot(trt, onnx_path: Path, strongly_typed: bool):
+    """builder, network and parser of a plugin-format graph, the network created with
+    ``PREFER_AOT_PYTHON_PLUGINS`` (polygraphy's ONNX loaders take parser flags, not network flags)."""
+    from polygraphy.backend.trt import util as trt_util
 
-        register()
+    logger = trt_util.get_trt_logger()
+    trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
-    flags = 0
-    if choices["strongly_typed_flag"]:
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+    if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise HarmoqError(f"TensorRT cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, choices["workspace_bytes"])
-    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
-                                                  choices["hardware_compatibility_level"])
-    profile = builder.create_optimization_profile()
-    profile.set_shape(network.get_input(0).name, *profile_shapes(settings))
-    config.add_optimization_profile(profile)
-    cache_bytes = settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise HarmoqError("TensorRT failed to build the engine (see the TensorRT log above)")
-    if settings.timing_cache is not None:
-        write_atomic(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(serialized)), {**choices, "tensorrt": trt.__version__}
+    return builder, network, parser
+
+
+def build_engine(onnx_path: Path, settings: BuildSettings) -> tuple[bytes, dict]:
+    """Build a serialized engine from an exported graph; returns it and the choices made."""
+    trt = _tensorrt()
+    import torch
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    major = int(trt.__version__.split(".")[0])
+    plugin = uses_lowbit_plugin(onnx_path)
+    choices = config_choices(settings, major, plugin)
+    if plugin:
+        from ..plugins.tensorrt_plugin import aot_target, register
+
+        register()
+        major_cc, minor_cc = torch.cuda.get_device_capability()
+        capability = aot_capability(settings, major_cc * 10 + minor_cc)
+        choices["plugin_aot_capability"] = capability
+        network = _network_preferring_aot(trt, onnx_path, choices["strongly_typed_flag"])
+    else:
+        aot_target = None
+        network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=choices["strongly_typed_flag"])
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+    low, opt, high = profile_shapes(settings)
+    cache = settings.timing_cache
+    config = CreateConfig(
+        profiles=[Profile().add(input_name, min=low, opt=opt, max=high)],
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: choices["workspace_bytes"]},
+        hardware_compatibility_level=getattr(trt.HardwareCompatibilityLevel, choices["hardware_compatibility_level"]),
+        load_timing_cache=str(cache) if cache is not None and cache.is_file() else None)
+    build = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache) if cache is not None else None)
+    try:
+        if aot_target is not None:
+            with aot_target(choices["plugin_aot_capability"]):
+                serialized = build()
+        else:
+            serialized = build()
+    except Exception as exc:  # polygraphy reports build failures by raising PolygraphyException
+        raise HarmoqError(f"TensorRT failed to build the engine: {first_line(exc)}") from None
+    return bytes(serialized), {**choices, "tensorrt": trt.__version__}
 
 
 class TensorRTRunner:
-    """A serialized engine on the current CUDA device; a TileRunner like the others."""
+    """A serialized engine on the current CUDA device (polygraphy's ``TrtRunner``); a TileRunner like the others.
+
+    ``lowbit_plugin``: the engine was built from a plugin-format graph, so the plugin is
+    registered before the engine is deserialized (a JIT plugin engine cannot load without it).
+    """
 
     backend = "tensorrt"
 
-    def __init__(self, engine_bytes: bytes):
+    def __init__(self, engine_bytes: bytes, lowbit_plugin: bool = False):
         import torch
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         trt = _tensorrt()
+        if lowbit_plugin:
+            from ..plugins.tensorrt_plugin import register
+
+            register()
         self._torch = torch
-        self.runtime = trt.Runtime(_logger(trt))
-        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
-        if self.engine is None:
-            raise HarmoqError("TensorRT cannot load the engine (built by another TensorRT version or for another GPU?)")
-        self.context = self.engine.create_execution_context()
+        try:
+            self.runner = TrtRunner(EngineFromBytes(engine_bytes))
+            self.runner.activate()
+        except Exception as exc:  # polygraphy raises PolygraphyException when TensorRT returns no engine
+            raise HarmoqError(f"TensorRT cannot load the engine (built by another TensorRT version or for another "
+                              f"GPU?): {first_line(exc)}") from None
+        self.engine = self.runner.engine
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.input_name = inputs[0]
-        self.output_name = next(n for n in names if n not in inputs)
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if n != self.input_name)
         self.version = trt.__version__
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """The engine's own device memory (activations and scratch), outside torch's allocator."""
+        return int(self.engine.device_memory_size_v2)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         torch = self._torch
         outputs = []
-        stream = torch.cuda.current_stream()
         for tile in tiles:
             x = torch.from_numpy(np.ascontiguousarray(tile[None], np.float32)).cuda()
-            self.context.set_input_shape(self.input_name, tuple(x.shape))
-            y = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
-            self.context.set_tensor_address(self.input_name, x.data_ptr())
-            self.context.set_tensor_address(self.output_name, y.data_ptr())
-            if not self.context.execute_async_v3(stream.cuda_stream):
-                raise HarmoqError("TensorRT failed to run the engine")
-            outputs.append(y)
-        stream.synchronize()
-        return torch.cat(outputs).cpu().numpy()
+            result = self.runner.infer({self.input_name: x}, copy_outputs_to_host=True)
+            outputs.append(result[self.output_name].float())
+        return torch.cat(outputs).numpy()

@@ -12,7 +12,12 @@ checked against the CPU reference by ``tests/test_plugins.py`` in Triton's inter
 on a GPU.
 """
 
+import re
+from dataclasses import dataclass
+
 import torch
+
+from ..errors import HarmoqError
 
 
 def _kernel():
@@ -63,25 +68,93 @@ _compiled = []
 
 
 def kernel():
-    """The ``@triton.jit`` kernel (compiled on first use; TensorRT's AOT plugin compiles it to PTX)."""
+    """The ``@triton.jit`` kernel (built on first use)."""
     if not _compiled:
         _compiled.append(_kernel())
     return _compiled[0]
 
 
+# The launch TensorRT's AOT plugins make: the input tensors, the integer scalars of the plugin's
+# extra arguments, then the outputs; nothing else.
+LAUNCH_PARAMETERS = ("x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "M", "N", "K", "words", "y_ptr")
+SIGNATURE = {"x_ptr": "*i8", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32", "M": "i32", "N": "i32",
+             "K": "i32", "words": "i32", "y_ptr": "*fp32"}
+CONSTEXPRS = ("BITS", "OUT_SCALE", "OUT_MAX", "BLOCK_M", "BLOCK_N", "BLOCK_K")
+BLOCK_M, BLOCK_N, BLOCK_K, NUM_WARPS = 64, 64, 32, 4  # int8 tl.dot needs K blocks of 32 or more on a GPU
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """PTX of the kernel for one GPU architecture, with what a launch needs."""
+
+    name: str
+    ptx: str
+    target: str  # the PTX ``.target`` line's architecture (sm_80, sm_90a, ...)
+    parameters: int  # parameters of the PTX entry
+    num_warps: int
+    shared_bytes: int
+
+
+def _entry_parameters(ptx: str, name: str) -> list[str]:
+    entry = re.search(rf"\.entry\s+{name}\s*\((.*?)\)", ptx, re.S)
+    if entry is None:
+        raise HarmoqError(f"PTX has no entry {name}")
+    return re.findall(rf"({name}_param_\d+)", entry.group(1))
+
+
+def _drop_hidden_parameters(ptx: str, name: str, metadata) -> str:
+    """Remove the parameters Triton appends after the declared ones (since Triton 3.3 a global and,
+    since 3.4, a profiling scratch pointer), which TensorRT's AOT launch does not pass. Allowed
+    only when the kernel needs no scratch memory and never reads them; refused otherwise."""
+    parameters = _entry_parameters(ptx, name)
+    hidden = parameters[len(LAUNCH_PARAMETERS):]
+    for field in ("global_scratch_size", "profile_scratch_size"):
+        if getattr(metadata, field, 0):
+            raise HarmoqError(f"the Triton kernel needs {field} = {getattr(metadata, field)}, which a TensorRT "
+                              "AOT launch cannot provide")
+    for parameter in hidden:
+        if re.search(rf"\[{parameter}\]", ptx):
+            raise HarmoqError(f"the Triton kernel reads its hidden parameter {parameter}")
+        ptx = re.sub(rf",\s*\.param[^,()]*?\b{parameter}\b", "", ptx, count=1)
+    return ptx
+
+
+def compile_ptx(bits: int, capability: int, out_scale: float = 0.0, out_bits: int = 8) -> CompiledKernel:
+    """The kernel compiled to PTX for compute capability ``capability`` (80 = A100; 90 = H100, for
+    which Triton emits ``sm_90a``), without a GPU. Its entry takes exactly ``LAUNCH_PARAMETERS``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    signature = {**SIGNATURE, **{name: "constexpr" for name in CONSTEXPRS}}
+    constexprs = {"BITS": bits, "OUT_SCALE": float(out_scale), "OUT_MAX": 2 ** (out_bits - 1) - 1,
+                  "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+    if out_scale:
+        signature["y_ptr"] = "*i8"
+    source = triton.compiler.ASTSource(fn=kernel(), signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": NUM_WARPS})
+    name = compiled.metadata.name
+    ptx = _drop_hidden_parameters(compiled.asm["ptx"], name, compiled.metadata)
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    return CompiledKernel(name=name, ptx=ptx, target=target, parameters=len(_entry_parameters(ptx, name)),
+                          num_warps=compiled.metadata.num_warps, shared_bytes=compiled.metadata.shared)
+
+
 def lowbit_linear_triton(x_codes: torch.Tensor, packed: torch.Tensor, bits: int, in_features: int,
                          scale: torch.Tensor, bias: torch.Tensor, out_scale: float = 0.0, out_bits: int = 8,
-                         block_m: int = 64, block_n: int = 64, block_k: int = 32) -> torch.Tensor:
+                         out_dtype: torch.dtype = torch.float32, block_m: int = BLOCK_M, block_n: int = BLOCK_N,
+                         block_k: int = BLOCK_K) -> torch.Tensor:
     """The Triton implementation: same arguments and results as ``reference.lowbit_linear``
-    (``packed`` as a tensor on the device)."""
+    (``packed`` as a tensor on the device). ``out_dtype`` (float32 or float16) is the float
+    output's type: the epilogue runs in float32 and rounds once on the store."""
     import triton
 
     shape = x_codes.shape
     x = x_codes.reshape(-1, in_features).contiguous()
     rows, cols = x.shape[0], packed.shape[0]
-    y = torch.empty((rows, cols), dtype=torch.int8 if out_scale else torch.float32, device=x.device)
+    y = torch.empty((rows, cols), dtype=torch.int8 if out_scale else out_dtype, device=x.device)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
     kernel()[grid](x, packed.contiguous(), scale.float().contiguous(), bias.float().contiguous(), rows, cols,
-                       in_features, packed.shape[1], y, BITS=bits, OUT_SCALE=float(out_scale),
-                       OUT_MAX=2 ** (out_bits - 1) - 1, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+                   in_features, packed.shape[1], y, BITS=bits, OUT_SCALE=float(out_scale),
+                   OUT_MAX=2 ** (out_bits - 1) - 1, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                   num_warps=NUM_WARPS)
     return y.reshape(*shape[:-1], cols)
