@@ -28,7 +28,7 @@ def _enum(name: str, members: str) -> type:
     return enum.IntEnum(name, [(m, i) for i, m in enumerate(members.split())])
 
 
-DataType = _enum("DataType", "FLOAT HALF INT8 INT32 BOOL UINT8 FP8 BF16 INT64 INT4 FP4 E8M0")
+DataType = _enum("DataType", "FLOAT HALF INT8 INT32 BOOL UINT8 FP8 BF16 INT64 INT4 FP4")
 float32, float16, int8, int32, bool, uint8 = (DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32,
                                               DataType.BOOL, DataType.UINT8)
 fp8, bfloat16, int64, int4, fp4 = DataType.FP8, DataType.BF16, DataType.INT64, DataType.INT4, DataType.FP4

@@ -84,7 +84,7 @@ def _measure(path: str, role: str, size: tuple[int, int], warmup: int, repeats: 
         times.append((time.perf_counter() - start) * 1000)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     if cuda:
-        engine_memory = runner.engine.device_memory_size if bundle.backend == "tensorrt" else 0
+        engine_memory = runner.device_memory_bytes if bundle.backend == "tensorrt" else 0
         memory = (torch.cuda.max_memory_allocated() + engine_memory) / 2**20
         kind = "CUDA peak (torch allocations + TensorRT engine device memory)"
     else:
