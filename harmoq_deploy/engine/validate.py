@@ -7,7 +7,7 @@ DCTLSA x2 at W3A3, PyTorch on 1 thread versus 2 threads already differs by 32-39
 free-running comparison therefore cannot tell an exact export from a wrong one, so parity is
 measured with the decisions matched:
 
-1. the graph runs with every activation QuantizeLinear output (the k-bit codes) exposed;
+1. the graph runs with every activation quantizer's k-bit codes (what its DequantizeLinear reads) exposed;
 2. the fake-quantized PyTorch model runs on the same tile with each quantizer returning the
    graph's codes instead of its own, after recording its own codes and how far its input was
    from a rounding boundary;
@@ -43,21 +43,22 @@ from .tiling import TileRunner, Tiling, run_tiled
 TIE_TOLERANCE = 1e-3
 #: or this close relative to the magnitude of the quantizer's bounds (float32 resolution there)
 RELATIVE_TIE = 1e-5
-_QUANTIZE_SUFFIX = "/QuantizeLinear"
+_DEQUANTIZE_SUFFIX = "/DequantizeLinear"
 
 
 def with_code_outputs(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``graph`` that also outputs the codes of every activation QuantizeLinear the
-    exporter wrote; returns it and the quantizer names, in output order after the SR output."""
+    """A copy of ``graph`` that also outputs the codes of every activation quantizer the exporter
+    wrote (the input of its DequantizeLinear: a QuantizeLinear's, or concatenated ones');
+    returns it and the quantizer names, in output order after the SR output."""
     probed = onnx.ModelProto()
     probed.CopyFrom(graph)
     constants = {t.name for t in graph.graph.initializer}
     names = []
     for node in graph.graph.node:
-        if node.op_type == "QuantizeLinear" and node.name.endswith(_QUANTIZE_SUFFIX) \
+        if node.op_type == "DequantizeLinear" and node.name.endswith(_DEQUANTIZE_SUFFIX) \
                 and node.input[0] not in constants:
-            probed.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.INT8, None))
-            names.append(node.name[:-len(_QUANTIZE_SUFFIX)])
+            probed.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.INT8, None))
+            names.append(node.name[:-len(_DEQUANTIZE_SUFFIX)])
     return probed, names
 
 

@@ -108,20 +108,49 @@ def _absorb_into_layernorm(x: gs.Tensor, offset: float, name: str) -> bool:
     return True
 
 
+def _concat_parts(x: gs.Tensor) -> list[gs.Tensor] | None:
+    """The inputs of the Concat producing ``x`` if it feeds only this quantizer (else None)."""
+    producer = x.inputs[0] if isinstance(x, gs.Variable) and x.inputs else None
+    if producer is None or producer.op != "Concat" or len(x.outputs) != 1 \
+            or any(isinstance(t, gs.Constant) for t in producer.inputs):
+        return None
+    return list(producer.inputs)
+
+
+def _activation_codes(graph: gs.Graph, x: gs.Tensor, grid: PointGrid, name: str) -> gs.Variable:
+    """[Sub c] -> Clip to the k-bit range -> Q: the INT8 codes of ``x - c``."""
+    step, offset = float(grid.step), float(grid.offset)
+    if offset and not _absorb_into_layernorm(x, offset, name):
+        x = _node(graph, "Sub", f"{name}/Sub", [x, _const(f"{grid.name}.offset", np.array(offset, np.float32))])
+    clipped = _node(graph, "Clip", f"{name}/Clip", [
+        x, _const(f"{grid.name}.min", np.array(grid.qmin * step, np.float32)),
+        _const(f"{grid.name}.max", np.array(grid.qmax * step, np.float32))])
+    return _node(graph, "QuantizeLinear", f"{name}/QuantizeLinear", [
+        clipped, _const(f"{grid.name}.scale", np.array(step, np.float32)),
+        _const(f"{grid.name}.zero_point", np.array(0, np.int8))], dtype=np.int8)
+
+
 def _quantize_activation(graph: gs.Graph, marker: gs.Node, grid: PointGrid) -> gs.Variable:
-    """Activation -> [Sub c] -> Clip to the k-bit range -> Q -> DQ (the codes of ``x - c``)."""
+    """Activation -> [Sub c] -> Clip to the k-bit range -> Q -> DQ (the codes of ``x - c``).
+
+    The input of a Concat is quantized part by part and the INT8 codes are concatenated before
+    the one DQ (the same codes: every step is elementwise). OpenVINO's CPU plugin computes an
+    INT8 convolution wrongly when Q/DQ sits after (or before) a float Concat on CPUs without AMX
+    (measured: 0.2-0.3 relative error on AVX-512 VNNI and AVX2 with OpenVINO 2026.4, any width);
+    on concatenated codes it is exact, and TensorRT and ONNX Runtime run either form.
+    """
     if grid.channel_axis is not None:
         raise HarmoqError(f"{grid.name}: per-channel activation grid; TensorRT allows per-tensor only")
     x, name = marker.inputs[0], grid.name
-    step, offset = float(grid.step), float(grid.offset)
-    if offset and not _absorb_into_layernorm(x, offset, name):
-        x = _node(graph, "Sub", f"{name}/Sub", [x, _const(f"{name}.offset", np.array(offset, np.float32))])
-    scale = _const(f"{name}.scale", np.array(step, np.float32))
+    parts = _concat_parts(x)
+    if parts is None:
+        codes = _activation_codes(graph, x, grid, name)
+    else:
+        concat = x.inputs[0]
+        pieces = [_activation_codes(graph, part, grid, f"{name}/part{i}") for i, part in enumerate(parts)]
+        codes = _node(graph, "Concat", f"{name}/ConcatCodes", pieces, {"axis": concat.attrs["axis"]}, dtype=np.int8)
+    scale = _const(f"{name}.scale", np.array(float(grid.step), np.float32))
     zero = _const(f"{name}.zero_point", np.array(0, np.int8))
-    clipped = _node(graph, "Clip", f"{name}/Clip", [
-        x, _const(f"{name}.min", np.array(grid.qmin * step, np.float32)),
-        _const(f"{name}.max", np.array(grid.qmax * step, np.float32))])
-    codes = _node(graph, "QuantizeLinear", f"{name}/QuantizeLinear", [clipped, scale, zero], dtype=np.int8)
     return _node(graph, "DequantizeLinear", f"{name}/DequantizeLinear", [codes, scale, zero])
 
 
