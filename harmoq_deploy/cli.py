@@ -214,6 +214,9 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
             else "rejected (did not lower the held-out loss)"
         losses = " -> ".join("-" if v is None else f"{v:.5f}" for v in (step.loss_before, step.loss_after))
         _out.print(f"{step.name}: {verdict}, loss {losses}, {step.seconds:.0f}s", markup=False)
+    from .quant import coverage_report
+
+    _out.print(f"{source.architecture}: {coverage_report(calibrated.model).summary()}", markup=False)
     _out.print(f"wrote {output} ({method} W{config.wbits}A{config.abits}, {source.architecture} x{source.scale}, "
                f"{time.perf_counter() - start:.0f}s)")
 
@@ -234,6 +237,7 @@ def coverage_command(model_path, bits, wbits, abits, layers, size):
     _out.print(report.to_markdown())
     for kind, (count, share) in report.by_kind().items():
         _out.print(f"{kind}: {count} ops, {share:.1%} of FLOPs")
+    _out.print(f"{source.architecture}: {report.summary()}", markup=False)
 
 
 def _rebuild(artifact_path: Path, model_path: Path | None):

@@ -21,6 +21,16 @@ MODELS = {
     "CRAFT_x4": "team34_craft.pth",
     "IMDN_x2": "IMDN_x2.pth",
 }
+#: the other real checkpoints in ../shared/weights, run only when named in --models
+MORE_MODELS = {
+    "DCTLSA_x3": "DCTLSA_X3.pt",
+    "DITN_real_x4": "DITN_Real_x4.pth",
+    "IMDN_x3": "IMDN_x3.pth",
+    "IMDN_x4": "IMDN_x4.pth",
+    "PAN_x2": "PANx2_DF2K.pth",
+    "PAN_x3": "PANx3_DF2K.pth",
+    "PAN_x4": "PANx4_DF2K.pth",
+}
 
 
 @dataclass

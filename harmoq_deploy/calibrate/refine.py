@@ -79,7 +79,9 @@ def feature_modules(model: nn.Module, pattern: str) -> dict[str, nn.Module]:
 class _FeatureRecorder:
     def __init__(self, modules: dict[str, nn.Module]):
         self.features: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(lambda _m, _i, out, n=name: self.features.__setitem__(n, out))
+        # a block returning a tuple (e.g. SPAN's) is tapped at its first output, its features
+        self.handles = [m.register_forward_hook(lambda _m, _i, out, n=name: self.features.__setitem__(
+                            n, out if isinstance(out, torch.Tensor) else out[0]))
                         for name, m in modules.items()]
 
     def close(self) -> None:

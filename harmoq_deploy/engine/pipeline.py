@@ -25,7 +25,7 @@ from ..export import export_calibrated, save_onnx, to_float_graph
 from ..io import staging_folder
 from ..models import LoadedModel, load_model
 from ..progress import stages
-from ..quant import QuantConfig
+from ..quant import QuantConfig, coverage_report
 from .bundle import EngineBundle, seal
 from .tensorrt import BuildSettings, build_engine, tensorrt_status
 from .tiling import Tiling
@@ -135,7 +135,7 @@ def build(request: EngineRequest, say=print) -> tuple[EngineBundle, dict]:
             model, artifact = _calibrated(request, source, staging)
             seconds["calibrate"] = time.perf_counter() - start
             say(f"calibrated: {artifact.manifest['method']['name']} W{artifact.config.wbits}A{artifact.config.abits} "
-                f"({seconds['calibrate']:.0f}s)")
+                f"({seconds['calibrate']:.0f}s); {coverage_report(model).summary()}")
             tracker.done()
 
             tracker.start("exporting")

@@ -54,6 +54,18 @@ def check_tile(model: nn.Module, tile: int) -> int:
     return tile
 
 
+class _ImageOnly(nn.Module):
+    """``model`` called with the image alone: the TorchScript exporter turns a ``forward``'s
+    defaulted extra arguments (Real-CUGAN's ``alpha``) into graph inputs otherwise."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def _trace(model: nn.Module, tile: int | None) -> onnx.ModelProto:
     size = tile or 2 * attention_window(model)
     example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -62,7 +74,7 @@ def _trace(model: nn.Module, tile: int | None) -> onnx.ModelProto:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-int shapes: expected for a fixed tile
         try:
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(_ImageOnly(model).train(model.training), (example,), buffer, dynamo=False, opset_version=OPSET,
                               input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=dynamic)
         except Exception as exc:  # the tracer raises many types on unsupported code
             raise HarmoqError(f"ONNX export failed: {first_line(exc)}") from None

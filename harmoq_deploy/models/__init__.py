@@ -5,7 +5,7 @@ project defines itself (IMDN, PAN), the way spandrel's own extra-architecture pa
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -14,11 +14,10 @@ from torch import nn
 
 from ..errors import HarmoqError, first_line
 from ._spandrel import import_spandrel
+from .infer import infer_layout
 from .layout import SPANDREL_LAYOUTS, ArchLayout
 
-__all__ = ["ArchLayout", "LoadedModel", "arch_layout", "file_sha256", "load_model"]
-
-_GENERIC_LAYOUT = ArchLayout(family="transformer")
+__all__ = ["ArchLayout", "LoadedModel", "arch_layout", "file_sha256", "infer_layout", "load_model"]
 
 
 @dataclass
@@ -28,10 +27,15 @@ class LoadedModel:
     architecture: str
     path: Path
     sha256: str
+    _layout: ArchLayout | None = field(default=None, repr=False, compare=False)
 
     @property
     def layout(self) -> ArchLayout:
-        return arch_layout(self.architecture)
+        """The hand-written layout of the architecture if it has one, else the one inferred from
+        the float network (traced on first use, before anything quantizes it in place)."""
+        if self._layout is None:
+            self._layout = arch_layout(self.architecture) or infer_layout(self.module, self.architecture)
+        return self._layout
 
 
 @cache
@@ -48,12 +52,14 @@ def _registry():
     return registry
 
 
-def arch_layout(architecture: str) -> ArchLayout:
+def arch_layout(architecture: str) -> ArchLayout | None:
+    """The hand-written layout of ``architecture``, or None where the network's own is inferred."""
     from .imdn import LAYOUT as IMDN_LAYOUT
     from .pan import LAYOUT as PAN_LAYOUT
 
     layouts = {**SPANDREL_LAYOUTS, "IMDN": IMDN_LAYOUT, "PAN": PAN_LAYOUT}
-    return layouts.get(architecture, _GENERIC_LAYOUT)
+    layout = layouts.get(architecture)
+    return replace(layout, architecture=architecture) if layout is not None else None
 
 
 def file_sha256(path: Path) -> str:

@@ -1,7 +1,8 @@
 """What the quantizer needs to know about an architecture beyond its modules.
 
-Kept beside each architecture (like spandrel's ``detect``), so adding an architecture is
-one declaration, not a special case in the quantizer.
+Every architecture gets one inferred from the network itself (``infer.infer_layout``); the few
+written by hand here and beside IMDN and PAN are kept where they know better (see
+tests/test_layouts.py for where the two differ and why).
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ class ArchLayout:
         constant coordinate grid rather than an activation.
     feature_taps: a regular expression matching the full names of the residual groups whose
         outputs feature distillation compares (2DQuant's DQC, HarmoQ's ABR).
+    layers: the op kinds quantized by default; empty takes the family's.
+    architecture: the name errors and reports use.
+    inferred: True when found by tracing the network rather than written by hand.
     """
 
     family: str
@@ -28,6 +32,9 @@ class ArchLayout:
     float_modules: tuple[str, ...] = ()
     excluded_modules: tuple[str, ...] = ()
     feature_taps: str = ""
+    layers: tuple[str, ...] = ()
+    architecture: str = ""
+    inferred: bool = False
 
 
 SPANDREL_LAYOUTS: dict[str, ArchLayout] = {

@@ -6,14 +6,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import HarmoqError
+from ..models.infer import infer_layout
 from ..models.layout import ArchLayout
 from .config import QuantConfig
 from .layers import QuantConv2d, QuantLinear
 from .matmul import MatmulQuantizers, attach_matmul_quantizers, count_matmuls
 from .quantizer import UniformQuantizer
-
-_GENERIC = ArchLayout(family="transformer")
-
 
 def _is_kept_float(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
@@ -45,28 +44,36 @@ def quantize_model(model: nn.Module, config: QuantConfig, layout: ArchLayout | N
     """Replace covered layers of ``model`` in place with fake-quantized ones and return it.
 
     Quantizers start uncalibrated: run a calibration method (``harmoq_deploy.calibrate``) or load
-    an artifact before using the model. ``example_input`` is used once to count the matmuls in
-    each attention module (defaults to a 32x32 random image).
+    an artifact before using the model. ``layout`` defaults to the one inferred from ``model``.
+    ``example_input`` is used once to count the matmuls in each attention module (defaults to a
+    32x32 random image). A network in which nothing would be quantized is refused (HarmoqError).
     """
-    layout = layout or _GENERIC
-    kinds = config.layers_for(layout.family)
+    layout = layout or infer_layout(model)
+    kinds = config.layers_for(layout)
     keep_float = _excluded_names(model, layout, config)
     replacements = {}
     attention = []
     for name, module in model.named_modules():
-        if _is_kept_float(name, keep_float) or not name:
+        if type(module).__name__ in layout.attention_modules and "matmul" in kinds and not (
+                name and _is_kept_float(name, keep_float)):
+            attention.append(module)  # the root too: products in its own forward are quantized
+        elif _is_kept_float(name, keep_float) or not name:
             continue
-        if type(module).__name__ in layout.attention_modules and "matmul" in kinds:
-            attention.append(module)
         elif type(module) is nn.Linear and "linear" in kinds:
             replacements[name] = QuantLinear.wrap(module, _weight_quantizer(module, config),
                                                   _act_quantizer(config))
         elif type(module) is nn.Conv2d and "conv" in kinds:
             replacements[name] = QuantConv2d.wrap(module, _weight_quantizer(module, config),
                                                   _act_quantizer(config))
+    counts = []
     if attention:
         example = example_input if example_input is not None else _probe_input(model)
         counts = count_matmuls(model, attention, example)
+    if not replacements and not any(counts):
+        architecture = layout.architecture or type(model).__name__
+        raise HarmoqError(f"{architecture}: nothing to quantize ({', '.join(kinds)} layers: none outside the "
+                          "float first layer and output tail); a W/A engine of it would be the float model")
+    if attention:
         for module, count in zip(attention, counts):
             pairs = [(_act_quantizer(config), _act_quantizer(config)) for _ in range(count)]
             attach_matmul_quantizers(module, MatmulQuantizers(pairs))

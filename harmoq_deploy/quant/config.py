@@ -55,8 +55,11 @@ class QuantConfig:
                 raise HarmoqError(f"unknown layer kind(s) {sorted(unknown)}; choose from {list(LAYER_KINDS)}")
         self.skip = tuple(self.skip)
 
-    def layers_for(self, family: str) -> tuple[str, ...]:
-        return self.layers if self.layers is not None else FAMILY_DEFAULT_LAYERS[family]
+    def layers_for(self, layout) -> tuple[str, ...]:
+        """The op kinds to quantize in a network of ``layout`` (an ``ArchLayout``)."""
+        if self.layers is not None:
+            return self.layers
+        return layout.layers or FAMILY_DEFAULT_LAYERS[layout.family]
 
     def to_dict(self) -> dict:
         return asdict(self)

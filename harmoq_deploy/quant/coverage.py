@@ -40,6 +40,13 @@ class CoverageReport:
             summary[op.kind] = (count + 1, share + op.flops / self.total_flops)
         return summary
 
+    def summary(self) -> str:
+        """One line: how many ops run quantized, by kind, and their share of the model's FLOPs."""
+        h, w = self.input_size
+        kinds = ", ".join(f"{count} {kind}" for kind, (count, _) in self.by_kind().items())
+        return (f"quantized: {len(self.ops)} ops ({kinds or 'none'}), {self.quantized_share:.1%} of the model's "
+                f"{self.total_flops / 1e9:.3f} GFLOPs at a {h}x{w} input")
+
     def to_markdown(self) -> str:
         h, w = self.input_size
         lines = [f"Quantized ops at a {h}x{w} input: {len(self.ops)}, "
@@ -83,6 +90,6 @@ def coverage_report(model: nn.Module, input_size: tuple[int, int] = (64, 64)) ->
             q.enabled = previously_enabled[name]
     ops = [CoveredOp(name, "linear" if isinstance(layer, QuantLinear) else "conv", layer_flops.get(name, 0))
            for name, layer in layers.items()]
-    ops += [CoveredOp(f"{owner}.matmul{i}", "matmul", 2 * macs)
+    ops += [CoveredOp(f"{owner}.matmul{i}" if owner else f"matmul{i}", "matmul", 2 * macs)
             for owner, module in matmuls.items() for i, macs in enumerate(module.last_macs)]
     return CoverageReport(ops=ops, total_flops=counter.get_total_flops(), input_size=input_size)

@@ -1,9 +1,11 @@
-"""Quantize both inputs of the activation x activation matmuls inside attention modules.
+"""Quantize both inputs of the activation x activation products inside attention modules.
 
-SR transformers write attention as ``q @ k.transpose(-2, -1)`` and ``attn @ v`` inline in the
-attention module's ``forward``. Rather than copying every architecture's attention code, a
-``TorchFunctionMode`` is active only while such a module runs and hands the i-th matmul's
-operands to the i-th pair of quantizers. The number of matmuls is found once, by probing.
+SR transformers write attention as ``q @ k.transpose(-2, -1)`` and ``attn @ v`` (or a two-operand
+``einsum``) inline in a module's ``forward`` or in helper functions it calls. Rather than copying
+every architecture's attention code, a ``TorchFunctionMode`` is active only while such a module
+runs and hands the i-th product's operands to the i-th pair of quantizers. The number of products
+is found once, by probing. A product belongs to the innermost such module running: an outer
+module's mode never sees the products an inner one already quantized.
 """
 
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from .quantizer import UniformQuantizer
 
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+_EINSUMS = {torch.einsum, torch.functional.einsum}
 
 
 class MatmulQuantizers(nn.Module):
@@ -28,9 +31,50 @@ class MatmulQuantizers(nn.Module):
         self.last_macs: list[int] = [0] * len(pairs)
 
 
+def _is_activation(x) -> bool:
+    return isinstance(x, torch.Tensor) and not isinstance(x, nn.Parameter)
+
+
+def product_operands(func, args) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two operands of a matmul, bmm, ``@`` or two-operand einsum call whose operands are
+    both activations (not parameters); None for any other call."""
+    if func in _MATMULS and len(args) >= 2:
+        operands = args[:2]
+    elif func in _EINSUMS and len(args) == 2 and isinstance(args[1], (list, tuple)) and len(args[1]) == 2:
+        operands = tuple(args[1])
+    elif func in _EINSUMS and len(args) == 3 and isinstance(args[0], str):
+        operands = args[1:]
+    else:
+        return None
+    return tuple(operands) if all(_is_activation(a) for a in operands) else None
+
+
+def _with_operands(func, args, left, right) -> tuple:
+    if func in _EINSUMS:
+        return (args[0], left, right)
+    return (left, right, *args[2:])
+
+
+def product_macs(func, args, out: torch.Tensor) -> int:
+    """Multiply-accumulates of a product found by ``product_operands``."""
+    left, right = product_operands(func, args)
+    if func not in _EINSUMS:
+        return out.numel() * left.shape[-1]
+    equation = args[0].replace(" ", "")
+    inputs = equation.split("->")[0].split(",")
+    if "." in equation or len(inputs) != 2:
+        return out.numel() * left.shape[-1]
+    sizes = {}
+    for letters, tensor in zip(inputs, (left, right)):
+        sizes.update(zip(letters, tensor.shape))
+    macs = 1
+    for size in sizes.values():
+        macs *= int(size)
+    return macs
+
+
 def _is_activation_matmul(func, args) -> bool:
-    return (func in _MATMULS and len(args) >= 2
-            and all(isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) for a in args[:2]))
+    return product_operands(func, args) is not None
 
 
 _paused = [0]
@@ -60,9 +104,11 @@ class _QuantizeMatmulOperands(TorchFunctionMode):
         if self.index >= len(self.quantizers.pairs):
             raise RuntimeError("attention module ran more matmuls than were probed")
         left_q, right_q = self.quantizers.pairs[self.index]
-        left, right = left_q(args[0]), right_q(args[1])
-        out = func(left, right, *args[2:], **kwargs)
-        self.quantizers.last_macs[self.index] = out.numel() * left.shape[-1]
+        left, right = product_operands(func, args)
+        quantized_args = _with_operands(func, args, left_q(left), right_q(right))
+        with unquantized_matmuls():  # an enclosing module's mode must not take this product too
+            out = func(*quantized_args, **kwargs)
+        self.quantizers.last_macs[self.index] = product_macs(func, quantized_args, out)
         self.index += 1
         return out
 
@@ -73,8 +119,11 @@ class _CountMatmuls(TorchFunctionMode):
         self.count = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += _is_activation_matmul(func, args)
-        return func(*args, **(kwargs or {}))
+        if _paused[0] or not _is_activation_matmul(func, args):
+            return func(*args, **(kwargs or {}))
+        self.count += 1
+        with unquantized_matmuls():  # counted once, by the innermost module
+            return func(*args, **(kwargs or {}))
 
 
 def _enter_mode(module: nn.Module, _inputs) -> None:
