@@ -30,7 +30,7 @@ def built(tmp_path_factory, shared_module):
     engines.mkdir()
     argv = ["engine", "--model", shared / "weights" / "PANx2_DF2K.pth", "--bits", 3, "--method", "minmax",
             "--crops", 4, "--patch", 16, "--tile", 24, "--overlap", 4, "--datasets", "Tiny", "--data-root",
-            root / "bench", "-o", engines / "pan_w3"]
+            root / "bench", "--backend", "onnxruntime", "-o", engines / "pan_w3"]
     code = main([str(a) for a in argv])
     assert code == 0
     return {"root": root, "engines": engines, "engine": engines / "pan_w3", "bench": root / "bench", "shared": shared}
@@ -46,7 +46,7 @@ def test_engine_folder_holds_a_validated_onnxruntime_engine_and_its_report(built
     assert report["quantization"]["wbits"] == 3 and report["quantization"]["target"] == "tensorrt"
     assert report["quantization"]["calibration"]["folder"].endswith("skimage/data"), "no --calib: bundled photographs"
     assert report["tensorrt"]["available"] is False and "tensorrt" in report["tensorrt"]["status"]
-    assert report["backend"]["name"] == "onnxruntime" and "TensorRT is not available" in report["backend"]["why"]
+    assert report["backend"]["name"] == "onnxruntime" and "as requested" in report["backend"]["why"]
     assert report["input"]["shape"] == [1, 3, 24, 24] and report["output"]["shape"] == [1, 3, 48, 48]
     summary = report["validation"]["summary"]
     assert summary["passed"] and summary["min_parity_db"] >= 50 and summary["only_ties"]
@@ -86,9 +86,14 @@ def test_bench_measures_engine_and_fp32_reference(built, tmp_path, capsys):
                                  "--threads", 1, "--json", out], capsys)
     assert code == 0, err
     payload = json.loads(out.read_text())
-    assert [m["label"] for m in payload["measurements"]] == ["FP32 reference", "quantized engine"]
+    labels = [m["label"] for m in payload["measurements"]]
+    assert labels[:2] == ["FP32 graph, ONNX Runtime", "FP32 graph, OpenVINO f32"] and labels[-1] == "quantized engine"
+    assert ("FP32 graph, OpenVINO bf16" in labels) == ("avx512_bf16" in open("/proc/cpuinfo").read())
     assert all(m["median_ms"] > 0 and m["runs"] == 2 for m in payload["measurements"])
-    assert payload["speedup"] > 0 and "speedup over FP32" in stdout
+    fastest = min(payload["measurements"][:-1], key=lambda m: m["median_ms"])
+    assert payload["fastest_float"] == fastest["label"]
+    assert payload["speedup"] == pytest.approx(fastest["median_ms"] / payload["measurements"][-1]["median_ms"])
+    assert "AVX2" in payload["cpu"]["instruction_sets"] and "speedup over the fastest float runtime" in stdout
 
 
 def test_engine_bad_input_writes_nothing(built, tmp_path, capsys):
@@ -178,13 +183,17 @@ def test_backend_choice_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     available, reason = tensorrt_status()
     assert not available and "not installed" in reason
-    assert pipeline_module.choose_backend("auto")[0] == "onnxruntime"
+    choice = pipeline_module.choose_backend("auto")
+    assert choice.name == "cpu" and "TensorRT is not available" in choice.why, "auto measures the CPU runtimes later"
     with pytest.raises(HarmoqError, match="--backend tensorrt: the tensorrt Python package is not installed"):
         pipeline_module.choose_backend("tensorrt")
     monkeypatch.setattr(pipeline_module, "tensorrt_status", lambda: (True, "TensorRT 10.9 on NVIDIA A100"))
-    backend, reason = pipeline_module.choose_backend("auto")
-    assert backend == "tensorrt" and "A100" in reason
-    assert pipeline_module.choose_backend("onnxruntime")[0] == "onnxruntime"
+    choice = pipeline_module.choose_backend("auto")
+    assert choice.name == "tensorrt" and "A100" in choice.why
+    assert pipeline_module.choose_backend("onnxruntime").name == "onnxruntime"
+    assert pipeline_module.choose_backend("openvino").name == "openvino"
+    with pytest.raises(HarmoqError, match="--backend must be one of"):
+        pipeline_module.choose_backend("openvino-gpu")
 
 
 def test_torch_backend_runs_the_low_bit_runtime(built, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The engine folder: everything a deployment needs, sealed by a sidecar of file hashes.
 
-``engines/NAME/`` holds the engine (``model.plan`` for TensorRT; for ONNX Runtime the Q/DQ graph
-itself, which it compiles at load), the Q/DQ graph it came from (``model.onnx``), the float graph
+``engines/NAME/`` holds the engine (``model.plan`` for TensorRT; for ONNX Runtime and OpenVINO the
+Q/DQ graph itself, which they compile at load; OpenVINO's compiled model is cached outside the folder), the Q/DQ graph it came from (``model.onnx``), the float graph
 (``fp32.onnx``, the reference ``bench`` times alongside), the calibration artifact, and
 ``report.json`` / ``report.md``. ``engine.json`` records the backend, the tiling, the scale and the
 sha256 of every other file; opening a folder checks them all, so a missing or altered file is
@@ -53,7 +53,12 @@ class EngineBundle:
         if self.backend == "tensorrt":
             from .tensorrt import TensorRTRunner
 
-            return TensorRTRunner(self.file("engine").read_bytes())
+            return TensorRTRunner(self.file("engine").read_bytes(), lowbit_plugin=self.sidecar.get("graph_format") == "plugin")
+        if self.backend == "openvino":
+            from .runners import OpenVinoRunner, openvino_cache_root
+
+            return OpenVinoRunner(self.file("engine"), threads, self.sidecar.get("precision", "auto"),
+                                  cache=openvino_cache_root())
         from .runners import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(self.file("engine"), threads)

@@ -44,6 +44,7 @@ TIE_TOLERANCE = 1e-3
 #: or this close relative to the magnitude of the quantizer's bounds (float32 resolution there)
 RELATIVE_TIE = 1e-5
 _DEQUANTIZE_SUFFIX = "/DequantizeLinear"
+_QUANTIZE_SUFFIX = "/QuantizeLinear"
 
 
 def with_code_outputs(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -59,6 +60,17 @@ def with_code_outputs(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
                 and node.input[0] not in constants:
             probed.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.INT8, None))
             names.append(node.name[:-len(_DEQUANTIZE_SUFFIX)])
+    # plugin-format graphs: a layer packed into LowBitLinear takes its codes straight from the
+    # QuantizeLinear, whose DequantizeLinear is gone when that layer was its only consumer
+    probed_codes = {o.name for o in probed.graph.output}
+    lowbit_inputs = {i for node in graph.graph.node if node.op_type == "LowBitLinear" for i in node.input[:1]}
+    lowbit_inputs |= {node.input[0] for node in graph.graph.node
+                      if node.op_type == "Transpose" and node.output[0] in lowbit_inputs}
+    for node in graph.graph.node:
+        if node.op_type == "QuantizeLinear" and node.name.endswith(_QUANTIZE_SUFFIX) \
+                and node.output[0] in lowbit_inputs and node.output[0] not in probed_codes:
+            probed.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.INT8, None))
+            names.append(node.name[:-len(_QUANTIZE_SUFFIX)])
     return probed, names
 
 

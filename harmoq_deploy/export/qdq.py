@@ -117,17 +117,14 @@ def _concat_parts(x: gs.Tensor) -> list[gs.Tensor] | None:
     return list(producer.inputs)
 
 
-def _activation_codes(graph: gs.Graph, x: gs.Tensor, grid: PointGrid, name: str) -> gs.Variable:
+def _activation_codes(graph: gs.Graph, x: gs.Tensor, grid: PointGrid, name: str,
+                      constants: dict[str, gs.Constant]) -> gs.Variable:
     """[Sub c] -> Clip to the k-bit range -> Q: the INT8 codes of ``x - c``."""
-    step, offset = float(grid.step), float(grid.offset)
-    if offset and not _absorb_into_layernorm(x, offset, name):
-        x = _node(graph, "Sub", f"{name}/Sub", [x, _const(f"{grid.name}.offset", np.array(offset, np.float32))])
-    clipped = _node(graph, "Clip", f"{name}/Clip", [
-        x, _const(f"{grid.name}.min", np.array(grid.qmin * step, np.float32)),
-        _const(f"{grid.name}.max", np.array(grid.qmax * step, np.float32))])
-    return _node(graph, "QuantizeLinear", f"{name}/QuantizeLinear", [
-        clipped, _const(f"{grid.name}.scale", np.array(step, np.float32)),
-        _const(f"{grid.name}.zero_point", np.array(0, np.int8))], dtype=np.int8)
+    if grid.offset and not _absorb_into_layernorm(x, float(grid.offset), name):
+        x = _node(graph, "Sub", f"{name}/Sub", [x, constants["offset"]])
+    clipped = _node(graph, "Clip", f"{name}/Clip", [x, constants["min"], constants["max"]])
+    return _node(graph, "QuantizeLinear", f"{name}/QuantizeLinear", [clipped, constants["scale"], constants["zero_point"]],
+                 dtype=np.int8)
 
 
 def _quantize_activation(graph: gs.Graph, marker: gs.Node, grid: PointGrid) -> gs.Variable:
@@ -142,16 +139,18 @@ def _quantize_activation(graph: gs.Graph, marker: gs.Node, grid: PointGrid) -> g
     if grid.channel_axis is not None:
         raise HarmoqError(f"{grid.name}: per-channel activation grid; TensorRT allows per-tensor only")
     x, name = marker.inputs[0], grid.name
+    step = float(grid.step)
+    constants = {key: _const(f"{name}.{key}", np.array(value, dtype)) for key, value, dtype in (
+        ("offset", float(grid.offset), np.float32), ("min", grid.qmin * step, np.float32),
+        ("max", grid.qmax * step, np.float32), ("scale", step, np.float32), ("zero_point", 0, np.int8))}
     parts = _concat_parts(x)
     if parts is None:
-        codes = _activation_codes(graph, x, grid, name)
+        codes = _activation_codes(graph, x, grid, name, constants)
     else:
         concat = x.inputs[0]
-        pieces = [_activation_codes(graph, part, grid, f"{name}/part{i}") for i, part in enumerate(parts)]
+        pieces = [_activation_codes(graph, part, grid, f"{name}/part{i}", constants) for i, part in enumerate(parts)]
         codes = _node(graph, "Concat", f"{name}/ConcatCodes", pieces, {"axis": concat.attrs["axis"]}, dtype=np.int8)
-    scale = _const(f"{name}.scale", np.array(float(grid.step), np.float32))
-    zero = _const(f"{name}.zero_point", np.array(0, np.int8))
-    return _node(graph, "DequantizeLinear", f"{name}/DequantizeLinear", [codes, scale, zero])
+    return _node(graph, "DequantizeLinear", f"{name}/DequantizeLinear", [codes, constants["scale"], constants["zero_point"]])
 
 
 def _add_output_term(graph: gs.Graph, layer: gs.Node, term: gs.Tensor, name: str) -> None:
