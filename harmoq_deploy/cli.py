@@ -2,25 +2,23 @@
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from . import defaults
 from .errors import HarmoqError
 from .io import write_atomic
 
 _out = Console(soft_wrap=True)
 _err = Console(stderr=True)
 
-DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = defaults.CROPS, defaults.PATCH, defaults.SEED
-DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = (defaults.ITERS, defaults.BATCH, defaults.BIAS_LR,
-                                                                    defaults.WEIGHT_LR)
-DEFAULT_WEIGHT_BOUND_LRS = ",".join(f"{rate:g}" for rate in defaults.WEIGHT_BOUND_LRS)
-DEFAULT_TILE, DEFAULT_OVERLAP = defaults.TILE, defaults.OVERLAP
+DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
+# Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
+DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 100, 4, 1e-3, 1e-3
+DEFAULT_WEIGHT_BOUND_LRS = "0.001,0.01"
+DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
 
@@ -38,7 +36,7 @@ def _calib_options(f):
     f = click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration images (HR).")(f)
     f = click.option("--layers", help="Op kinds to quantize, comma-separated: linear,matmul,conv "
                                       "(default: the architecture family's).")(f)
-    f = click.option("--target", type=click.Choice(["any", "tensorrt"]), default=defaults.TARGET, show_default=True,
+    f = click.option("--target", type=click.Choice(["any", "tensorrt"]), default="any", show_default=True,
                      help="tensorrt: only grids TensorRT executes exactly (symmetric weights, activation "
                           "offsets only where they fold into a bias).")(f)
     f = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(f)
@@ -118,45 +116,17 @@ def _method_settings(method_name: str, iters: int, batch: int, bias_lr: float | 
     return {"iters": iters, "batch": batch, **harmoq_only}
 
 
-@dataclass(frozen=True)
-class CalibrationRequest:
-    """What ``calibrate`` and ``eval --method`` were asked to calibrate with, checked."""
-
-    method: str
-    settings: dict
-    config: object
-    calib: Path
-    crops: int
-    patch: int
-    seed: int
-    device: str
-
-    @classmethod
-    def from_options(cls, method: str, options: dict) -> "CalibrationRequest":
-        """From the options ``_bits_options`` and ``_calib_options`` add to a command; a bad one is a HarmoqError."""
-        from .calibrate import make_method
-
-        config = _quant_config(options["bits"], options["wbits"], options["abits"], options["layers"],
-                               options["target"])
-        settings = _method_settings(method, options["iters"], options["batch"], options["bias_lr"],
-                                    options["weight_lr"], options["weight_bound_lrs"])
-        make_method(method, **settings)  # an unknown method or setting fails before any work
-        if options["calib"] is None:
-            raise HarmoqError(f"--calib DIR is required to calibrate with {method}")
-        return cls(method, settings, config, options["calib"], options["crops"], options["patch"], options["seed"],
-                   _check_device(options["device"]))
-
-
-def _calibrated(source, request: CalibrationRequest, checkpoint: Path | None = None):
-    """The calibrated model of ``source`` per ``request``, and the method that calibrated it."""
+def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, abr_rates, device,
+                checkpoint=None):
     from .calibrate import calibrate, make_method
     from .data import sample_calibration_crops
 
-    method = make_method(request.method, **request.settings)
-    data = sample_calibration_crops(request.calib, request.crops, request.patch, source.scale, request.seed)
-    calibrated = calibrate(source, request.config, method, data, seed=request.seed, checkpoint=checkpoint,
-                           device=request.device)
-    return calibrated, method
+    method = make_method(method_name, **_method_settings(method_name, iters, batch, **abr_rates))
+    if calib is None:
+        raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
+    device = _check_device(device)
+    data = sample_calibration_crops(calib, crops, patch, source.scale, seed)
+    return calibrate(source, config, method, data, seed=seed, checkpoint=checkpoint, device=device), method
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,7 +144,8 @@ def cli():
 @click.option("--datasets", default="Set5,Set14", show_default=True, help="Comma-separated benchmark names.")
 @click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
-def eval_command(model_path, method, artifact, datasets, data_root, json_path, **options):
+def eval_command(model_path, method, artifact, bits, wbits, abits, layers, target, device, batch, iters, bias_lr,
+                 weight_lr, weight_bound_lrs, calib, crops, patch, seed, datasets, data_root, json_path):
     """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
     from .calibrate import apply_artifact, load_artifact
     from .eval import evaluate
@@ -191,7 +162,9 @@ def eval_command(model_path, method, artifact, datasets, data_root, json_path, *
     elif method == "fp":
         model = source.module
     else:
-        model = _calibrated(source, CalibrationRequest.from_options(method, options))[0].model
+        config = _quant_config(bits, wbits, abits, layers, target)
+        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
+        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates, device)[0].model
     scores = evaluate(model, source.scale, names, data_root)
     table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
     for name, score in scores.items():
@@ -207,7 +180,8 @@ def eval_command(model_path, method, artifact, datasets, data_root, json_path, *
 @_bits_options
 @_calib_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-def calibrate_command(model_path, method, output, **options):
+def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, bias_lr, weight_lr,
+                      weight_bound_lrs, calib, crops, patch, seed, output):
     """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors).
 
     2dquant and harmoq checkpoint their refinement next to the output; interrupted (Ctrl-C),
@@ -219,20 +193,21 @@ def calibrate_command(model_path, method, output, **options):
     from .data import describe_calibration
     from .models import load_model
 
-    request = CalibrationRequest.from_options(method, options)
-    config = request.config
+    config = _quant_config(bits, wbits, abits, layers, target)
     source = load_model(model_path)
     checkpoint = output.parent / f".{output.name}.checkpoint.pt"
     start = time.perf_counter()
     try:
-        calibrated, method_obj = _calibrated(source, request, checkpoint)
+        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
+        calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates,
+                                             device, checkpoint)
     except KeyboardInterrupt:
         if checkpoint.is_file():
             _err.print(f"interrupted; run the same command again to resume from {checkpoint}", markup=False)
         raise
-    calibration = describe_calibration(request.calib, request.crops, request.patch, source.scale, request.seed)
-    save_artifact(output, calibrated.model, source, config, method_record(method_obj, calibrated), calibration,
-                  request.seed, corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
+    calibration = describe_calibration(calib, crops, patch, source.scale, seed)
+    save_artifact(output, calibrated.model, source, config, method_record(method_obj, calibrated), calibration, seed,
+                  corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
     checkpoint.unlink(missing_ok=True)
     for step in calibrated.steps:
         verdict = "kept" if step.applied else "no change" if step.loss_before == step.loss_after \
@@ -404,13 +379,10 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
               help="TensorRT hardware compatibility: none, or ampere+ (an A100 engine built on another Ampere+ GPU).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=Path("engines/.timing-cache"),
               show_default=True, help="TensorRT timing cache, reused across builds.")
-@click.option("--format", "graph_format", type=click.Choice(["qdq", "plugin"]), default="qdq", show_default=True,
-              help="Engine graph: qdq (INT8 Q/DQ), or plugin (packed 2/3/4-bit layers as harmoq::LowBitLinear, "
-                   "the TensorRT plugin; ONNX Runtime runs them as an ONNX function).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
 def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
                    iters, batch, bias_lr, weight_lr, weight_bound_lrs, datasets, data_root, threshold, hw_compat,
-                   timing_cache, graph_format, output):
+                   timing_cache, output):
     """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
     from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
 
@@ -426,7 +398,7 @@ def engine_command(model_path, bits, wbits, abits, method, artifact, backend, ti
         backend=backend, tile=tile, overlap=overlap, calib=calib, crops=crops, patch=patch, seed=seed,
         method_settings=settings,
         datasets=names, data_root=data_root or default_data_root(), threshold_db=threshold,
-        hardware_compatibility=hw_compat, timing_cache=timing_cache, graph_format=graph_format)
+        hardware_compatibility=hw_compat, timing_cache=timing_cache)
     bundle, report = build(request, say=lambda line: _out.print(line, markup=False, highlight=False))
     summary = report["validation"]["summary"]
     _out.print(f"wrote {bundle.path} ({report['backend']['name']} engine, {report['quantization']['method']} "
