@@ -379,10 +379,13 @@ def validate_command(onnx_path, artifact, model_path, datasets, data_root, tile,
               help="TensorRT hardware compatibility: none, or ampere+ (an A100 engine built on another Ampere+ GPU).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=Path("engines/.timing-cache"),
               show_default=True, help="TensorRT timing cache, reused across builds.")
+@click.option("--format", "graph_format", type=click.Choice(["qdq", "plugin"]), default="qdq", show_default=True,
+              help="Engine graph: qdq (INT8 Q/DQ), or plugin (packed 2/3/4-bit layers as harmoq::LowBitLinear, "
+                   "the TensorRT plugin; ONNX Runtime runs them as an ONNX function).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
 def engine_command(model_path, bits, wbits, abits, method, artifact, backend, tile, overlap, calib, crops, patch, seed,
                    iters, batch, bias_lr, weight_lr, weight_bound_lrs, datasets, data_root, threshold, hw_compat,
-                   timing_cache, output):
+                   timing_cache, graph_format, output):
     """Calibrate, export, build and validate: a deployable engine folder (engine, ONNX, artifact, report)."""
     from .engine.pipeline import EngineRequest, build, default_data_root, default_datasets
 
@@ -398,7 +401,7 @@ def engine_command(model_path, bits, wbits, abits, method, artifact, backend, ti
         backend=backend, tile=tile, overlap=overlap, calib=calib, crops=crops, patch=patch, seed=seed,
         method_settings=settings,
         datasets=names, data_root=data_root or default_data_root(), threshold_db=threshold,
-        hardware_compatibility=hw_compat, timing_cache=timing_cache)
+        hardware_compatibility=hw_compat, timing_cache=timing_cache, graph_format=graph_format)
     bundle, report = build(request, say=lambda line: _out.print(line, markup=False, highlight=False))
     summary = report["validation"]["summary"]
     _out.print(f"wrote {bundle.path} ({report['backend']['name']} engine, {report['quantization']['method']} "
