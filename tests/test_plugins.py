@@ -208,3 +208,34 @@ def test_lowbit_runtime_layers_equal_their_fake_quant_layers(swinir_graphs):
         assert torch.allclose(runtime.get_submodule(name)(x), model.get_submodule(name)(x), rtol=1e-4, atol=1e-4)
         out = runtime(crops[:1])
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_lowbit_op_passes_torch_library_checks_so_torch_compile_can_trace_it():
+    """opcheck: schema, fake (meta) implementation against the real one, autograd registration."""
+    from harmoq_deploy.plugins.torch_op import lowbit_linear_op
+
+    codes, scale, bias = _random_layer(3, rows=5, length=19)
+    x = torch.randint(-3, 4, (2, 4, 19), dtype=torch.int8)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        torch.library.opcheck(lowbit_linear_op, (x, torch.from_numpy(pack(codes, 3)), 3, 19, torch.from_numpy(scale),
+                                                 torch.from_numpy(bias), out_dtype))
+        y = lowbit_linear_op(x, torch.from_numpy(pack(codes, 3)), 3, 19, torch.from_numpy(scale),
+                             torch.from_numpy(bias), out_dtype)
+        assert y.dtype == out_dtype and y.shape == (2, 4, 5)
+
+
+def test_fast_lowbit_runtime_runs_its_float_islands_in_half_precision(swinir_graphs):
+    """The GPU form's float islands in 16 bits (bf16 autocast on this CPU; FP16 on a GPU), compile off here."""
+    import copy
+
+    from harmoq_deploy.plugins.torch_op import fast_lowbit_runtime, to_lowbit_runtime
+
+    model, crops, *_ = swinir_graphs
+    runtime, _ = to_lowbit_runtime(copy.deepcopy(model))
+    with torch.no_grad():
+        full = runtime(crops[:1])
+    fast = fast_lowbit_runtime(copy.deepcopy(runtime), "cpu", torch.bfloat16, compile_mode=None)
+    half = fast(crops[:1])
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    psnr = 10 * torch.log10(1 / torch.mean((half - full) ** 2))
+    assert 25 < psnr < 80, f"bf16 islands {psnr:.1f} dB from float32 (not equal: the islands really changed type)"

@@ -1,6 +1,6 @@
 """Packed k-bit weights (k = 2, 3, 4): the bit layout of the ``harmoq`` low-bit operators.
 
-Layout, version 1 (also in plugins/README.md):
+Layout, version 1 (also in docs/lowbit_operator.md):
 
 - A weight code is a symmetric signed integer ``q`` in ``[-(2^(k-1) - 1), 2^(k-1) - 1]`` (the
   narrow grid TensorRT runs; 2-bit is ternary). It is stored offset-binary, ``u = q + 2^(k-1)``,

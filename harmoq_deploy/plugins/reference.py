@@ -1,6 +1,6 @@
 """The CPU reference of ``harmoq::LowBitLinear``: the ground truth every other implementation matches.
 
-The operator (plugins/README.md): a Linear or 1x1 convolution on k-bit activation codes carried
+The operator (docs/lowbit_operator.md): a Linear or 1x1 convolution on k-bit activation codes carried
 as INT8 and packed k-bit weights, with exact integer accumulation and a fused epilogue:
 
     acc[.., n] = sum_k x[.., k] * w[n, k]              (integers, exact)

@@ -4,9 +4,17 @@ The custom op dispatches to the CPU reference or, for CUDA tensors, to the Trito
 ``to_lowbit_runtime`` turns a calibrated fake-quant model into one that really computes its
 quantized Linear layers (and unpadded 1x1 convolutions) with packed k-bit weights and integer
 accumulation: the input is quantized to INT8 codes on the layer's grid (offset removed; ``W c``
-is in the bias, as the exporter folds it), and the op returns the dequantized output. Attention
-matmuls and float layers run as before. ``harmoq-build engine --backend torch`` is this runtime
-on a CUDA device (see ``scripts/bench_gpu.py``).
+is in the bias, as the exporter folds it), and the op returns the dequantized output in the
+input's float type. Attention matmuls and float layers run as before. ``harmoq-build engine
+--backend torch`` is this runtime on a CUDA device.
+
+The fast GPU form is ``fast_lowbit_runtime``: the float layers in FP16 (autocast), the whole
+model under ``torch.compile`` with CUDA graphs. The op has a fake (meta) implementation, so the compiler
+traces through it and fuses each layer's input quantization (subtract, divide, round, clamp,
+cast: five kernels in eager) into the kernel that produces the input, and the permutes around
+1x1 convolutions into that kernel's indexing. Weights stay packed (k/32 of FP32's bytes) and
+are unpacked in registers by the Triton kernel. ``docs/export.md`` (section 5) counts the
+bytes and launches per tile of each form; ``scripts/bench_gpu.py`` times them.
 """
 
 import numpy as np
@@ -21,17 +29,17 @@ from .reference import lowbit_linear
 
 @torch.library.custom_op("harmoq::lowbit_linear", mutates_args=())
 def lowbit_linear_op(x_codes: torch.Tensor, packed: torch.Tensor, bits: int, in_features: int, scale: torch.Tensor,
-                     bias: torch.Tensor) -> torch.Tensor:
+                     bias: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     if x_codes.is_cuda:
         from .triton_kernel import lowbit_linear_triton
 
-        return lowbit_linear_triton(x_codes, packed, bits, in_features, scale, bias)
-    return lowbit_linear(x_codes, packed.cpu().numpy(), bits, in_features, scale, bias)
+        return lowbit_linear_triton(x_codes, packed, bits, in_features, scale, bias, out_dtype=out_dtype)
+    return lowbit_linear(x_codes, packed.cpu().numpy(), bits, in_features, scale, bias).to(out_dtype)
 
 
 @lowbit_linear_op.register_fake
-def _(x_codes, packed, bits, in_features, scale, bias):
-    return x_codes.new_empty((*x_codes.shape[:-1], packed.shape[0]), dtype=torch.float32)
+def _(x_codes, packed, bits, in_features, scale, bias, out_dtype=torch.float32):
+    return x_codes.new_empty((*x_codes.shape[:-1], packed.shape[0]), dtype=out_dtype)
 
 
 class LowBitLinear(nn.Module):
@@ -52,9 +60,10 @@ class LowBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_first:
             x = x.movedim(1, -1)
-        codes = torch.clamp(torch.round((x - self.offset) / self.step), self.qmin, self.qmax).to(torch.int8)
-        y = torch.ops.harmoq.lowbit_linear(codes, self.packed, self.bits, self.in_features, self.scale, self.bias)
-        y = y.to(x.dtype)
+        # the grid decision in float32 whatever the island's type, as the fake-quant model decides it
+        codes = torch.clamp(torch.round((x.float() - self.offset) / self.step), self.qmin, self.qmax).to(torch.int8)
+        y = torch.ops.harmoq.lowbit_linear(codes, self.packed, self.bits, self.in_features, self.scale, self.bias,
+                                           x.dtype)
         return y.movedim(-1, 1) if self.channels_first else y
 
 
@@ -82,3 +91,21 @@ def to_lowbit_runtime(model: nn.Module) -> tuple[nn.Module, int]:
         setattr(model.get_submodule(parent), child, LowBitLinear(layer, weight_grid, input_grid, bits))
         replaced += 1
     return model, replaced
+
+
+def fast_lowbit_runtime(runtime: nn.Module, device: str = "cuda", dtype: torch.dtype = torch.float16,
+                        compile_mode: str | None = "reduce-overhead"):
+    """The low-bit runtime as it should run on a GPU: float islands under autocast to ``dtype``
+    (matrix products and convolutions in ``dtype``, the reductions autocast keeps in float32; the
+    low-bit layers decide their codes in float32 and return ``dtype``), compiled with
+    ``compile_mode`` (``reduce-overhead``: inductor kernels replayed as one CUDA graph per input
+    shape; None: eager). Returns a callable taking and returning float32 tiles ``[n, 3, h, w]``."""
+    runtime = runtime.eval().to(device)
+    forward = torch.compile(runtime, mode=compile_mode) if compile_mode else runtime
+
+    @torch.no_grad()
+    def run(tiles: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device, dtype=dtype):
+            return forward(tiles.to(device)).float()
+
+    return run
