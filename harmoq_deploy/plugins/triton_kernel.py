@@ -6,10 +6,18 @@ unpacks them in registers exactly as ``packing.unpack`` does (a 3-bit value star
 31 takes its high bits from the next word), accumulates ``tl.dot`` in int32, and finishes with
 ``float32(acc) * scale[n] + bias[n]`` and, optionally, the next layer's activation quantization.
 
-Triton is imported lazily (CPU-only installs do not have it). The kernel's integer results are
-checked against the CPU reference by ``tests/test_plugins.py`` in Triton's interpreter mode
-(``TRITON_INTERPRET=1``, on the CPU) where Triton is installed, and by ``scripts/bench_gpu.py``
-on a GPU.
+Two uses: ``lowbit_linear_triton`` launches it from PyTorch (``torch.ops.harmoq.lowbit_linear`` on
+CUDA), and ``compile_ptx`` compiles it to PTX for a given compute capability without a GPU, for
+TensorRT's AOT plugin. TensorRT launches an AOT kernel with exactly the plugin's input tensors,
+its extra scalar arguments and its outputs (``LAUNCH_PARAMETERS``); Triton 3.3 and newer append
+scratch-memory pointers to every kernel's parameters, so ``compile_ptx`` removes them from the
+PTX entry, which is sound only because this kernel needs no scratch memory and never reads them
+(both checked; otherwise it refuses).
+
+Triton is imported lazily. The kernel's results are checked against the CPU reference in
+Triton's interpreter (``TRITON_INTERPRET=1``, on the CPU) at the production tiles by
+``tests/test_plugins.py``, its PTX by ``tests/test_tensorrt_plugin.py``, and on a GPU by
+``scripts/bench_gpu.py`` (not yet run).
 """
 
 import re
