@@ -106,3 +106,20 @@ def test_the_stand_in_invents_no_tensorrt_names():
     members = [m for n in own if hasattr(vars(standin)[n], "__members__") for m in vars(standin)[n].__members__]
     assert len(own) > 20
     assert not [n for n in own + members if "11" not in names[n]]
+
+
+def test_polygraphy_loaders_import_without_tensorrt_and_take_the_arguments_used():
+    import inspect
+
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, EngineFromBytes, NetworkFromOnnxPath, \
+        Profile, TrtRunner
+
+    def taken_by(loader) -> set[str]:  # keyword arguments pass up to the base loaders' __init__
+        return set().union(*[inspect.signature(c.__init__).parameters for c in loader.__mro__ if "__init__" in vars(c)])
+
+    taken = {loader: taken_by(loader) for loader in
+             (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, TrtRunner, EngineFromBytes)}
+    assert {"profiles", "memory_pool_limits", "hardware_compatibility_level", "load_timing_cache"} <= taken[CreateConfig]
+    assert {"network", "config", "save_timing_cache"} <= taken[EngineBytesFromNetwork]
+    assert {"path", "strongly_typed"} <= taken[NetworkFromOnnxPath]
+    assert Profile().add("input", min=(1, 3, 8, 8), opt=(1, 3, 8, 8), max=(1, 3, 8, 8))["input"].min == (1, 3, 8, 8)
