@@ -193,15 +193,22 @@ class OpenVinoRunner:
 
 class LowBitTorchRunner(TorchRunner):
     """The calibrated model with its Linear layers on packed k-bit weights (``torch.ops.harmoq``):
-    Triton kernels on a CUDA GPU, the reference kernels on the CPU."""
+    on a CUDA GPU its fast form (Triton kernels, FP16 islands, ``torch.compile`` with CUDA graphs;
+    not yet run on a GPU), on the CPU the reference kernels in eager float32."""
 
     backend = "torch"
 
     def __init__(self, artifact_path: Path, checkpoint: Path):
         from ..calibrate import apply_artifact, load_artifact
         from ..models import load_model
-        from ..plugins.torch_op import to_lowbit_runtime
+        from ..plugins.torch_op import fast_lowbit_runtime, to_lowbit_runtime
 
         model = apply_artifact(load_artifact(artifact_path), load_model(checkpoint))
         runtime, self.lowbit_layers = to_lowbit_runtime(model)
         super().__init__(runtime, "cuda" if torch.cuda.is_available() else "cpu")
+        self._fast = fast_lowbit_runtime(self.model) if self.device == "cuda" else None
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        if self._fast is None:
+            return super().__call__(tiles)
+        return self._fast(torch.from_numpy(np.ascontiguousarray(tiles))).cpu().numpy()
