@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=64, help="tile side of the batched-tiles rows")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--bits", default="3,4,2", help="widths of the low-bit rows, in the order run")
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU, small (checks the script)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--append-calibration", nargs=2, metavar=("SECONDS", "STATUS"),
@@ -143,7 +144,7 @@ def main() -> None:
         rows["FP16 torch.compile"] = timer(fp16, x)
         rows[f"FP16 torch.compile, {len(tiles)} tiles of {args.tile}x{args.tile}"] = timer(fp16, tiles)
         write_report(args.results, meta, kernel_rows, rows)  # each step is kept if a later one runs out of time
-        for bits in (3, 4, 2):
+        for bits in (int(b) for b in args.bits.split(",")):
             source = load_model(shared_weights(MODELS[args.model]))
             crops = sample_calibration_crops(calib_root(), 8, 48, source.scale, 0)
             model = calibrate(source, QuantConfig(wbits=bits, abits=bits, target="tensorrt"), make_method("minmax"),
@@ -203,12 +204,12 @@ def write_report(results: Path, meta: dict, kernel_rows: list[dict], rows: dict)
 def append_calibration(results: Path, seconds: float, status: str) -> None:
     """``calibrate --device cuda`` of DCTLSA x2 W3A3 (HarmoQ, default budget), timed by gpu_check.sh."""
     data = json.loads((results / "gpu.json").read_text())
-    data["calibration"] = {"command": "harmoq-build calibrate --model DCTLSA_X2.pt --bits 3 --method harmoq "
-                                      "--target tensorrt --device cuda (default budget)",
-                           "seconds": seconds, "status": status}
+    options = "--device cpu --iters 1 --crops 2 --patch 32 (dry run)" if data["meta"]["dry_run"] else \
+        "--device cuda (default budget: 32 crops, 100 iterations)"
+    command = f"harmoq-build calibrate --model DCTLSA_X2.pt --bits 3 --method harmoq --target tensorrt {options}"
+    data["calibration"] = {"command": command, "seconds": seconds, "status": status}
     write_atomic(results / "gpu.json", (json.dumps(data, indent=1) + "\n").encode())
-    line = (f"\nCalibration on the same device: `harmoq-build calibrate --model DCTLSA_X2.pt --bits 3 --method harmoq "
-            f"--target tensorrt --device cuda` (32 crops, 100 iterations): {seconds:.1f} s wall, {status}.\n")
+    line = f"\nCalibration on the same device: `{command}`: {seconds:.1f} s wall, {status}.\n"
     write_atomic(results / "gpu.md", ((results / "gpu.md").read_text() + line).encode())
 
 

@@ -44,7 +44,8 @@ if [ "$mode" = "--dry-run" ]; then
     python=$PWD/.venv/bin/python
     results=$(mktemp -d)
     export TRITON_INTERPRET=1 HARMOQ_SHARED=${HARMOQ_SHARED:-$(cd .. && pwd)/shared}
-    bench=(--dry-run --size 64x64 --tile 32 --warmup 1 --repeats 2 --results "$results")
+    bench=(--dry-run --size 64x64 --tile 32 --warmup 0 --repeats 1 --bits 3 --results "$results")
+    limit=900
     calibrate=(--device cpu --iters 1 --crops 2 --patch 32)
     out=$results
 else
@@ -55,6 +56,7 @@ else
     export PYTHONPATH=/tmp/site HARMOQ_SHARED=$PWD/.gpu/shared
     results=$PWD/docs/results
     bench=(--size 256x256 --warmup 10 --repeats 50 --results "$results")
+    limit=270
     calibrate=(--device cuda)
     out=$OUT
     nvidia-smi -L
@@ -63,15 +65,15 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 set -o pipefail
 $python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-(cd scripts && timeout 300 "$python" bench_gpu.py "${bench[@]}") 2>&1 | tee "$out/bench_gpu.log" \
-    || echo "bench_gpu.py failed or was cut at 300 s (exit $?); see bench_gpu.log"
+(cd scripts && timeout $limit "$python" bench_gpu.py "${bench[@]}") 2>&1 | tee "$out/bench_gpu.log" \
+    || echo "bench_gpu.py failed or was cut at $limit s (exit $?); see bench_gpu.log"
 
 start=$(date +%s%N)
 status=completed
-timeout 150 "$python" -c "import sys; from harmoq_deploy.cli import main; sys.exit(main(sys.argv[1:]))" \
+timeout 180 "$python" -c "import sys; from harmoq_deploy.cli import main; sys.exit(main(sys.argv[1:]))" \
     calibrate --model "$HARMOQ_SHARED/weights/DCTLSA_X2.pt" --bits 3 --method harmoq --target tensorrt \
     --calib "$HARMOQ_SHARED/data/calib/DIV2K_valid_crop256" "${calibrate[@]}" -o "$(mktemp -d)/artifact" \
-    2>&1 | tee "$out/calibrate.log" || status="failed or cut at 150 s (exit $?), see calibrate.log"
+    2>&1 | tee "$out/calibrate.log" || status="failed or cut at 180 s (exit $?), see calibrate.log"
 milliseconds=$(( ($(date +%s%N) - start) / 1000000 ))
 seconds=$(( milliseconds / 1000 )).$(printf %03d $(( milliseconds % 1000 )))
 if [ -f "$results/gpu.json" ]; then
