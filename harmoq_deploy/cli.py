@@ -2,23 +2,25 @@
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from . import defaults
 from .errors import HarmoqError
 from .io import write_atomic
 
 _out = Console(soft_wrap=True)
 _err = Console(stderr=True)
 
-DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = 32, 64, 0
-# Kept in step with harmoq_deploy.calibrate.methods (not imported: the CLI starts without torch).
-DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 100, 4, 1e-3, 1e-3
-DEFAULT_WEIGHT_BOUND_LRS = "0.001,0.01"
-DEFAULT_TILE, DEFAULT_OVERLAP = 64, 16
+DEFAULT_CROPS, DEFAULT_PATCH, DEFAULT_SEED = defaults.CROPS, defaults.PATCH, defaults.SEED
+DEFAULT_ITERS, DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = (defaults.ITERS, defaults.BATCH, defaults.BIAS_LR,
+                                                                    defaults.WEIGHT_LR)
+DEFAULT_WEIGHT_BOUND_LRS = ",".join(f"{rate:g}" for rate in defaults.WEIGHT_BOUND_LRS)
+DEFAULT_TILE, DEFAULT_OVERLAP = defaults.TILE, defaults.OVERLAP
 METHOD_HELP = "minmax, percentile, dobi, 2dquant or harmoq."
 
 
@@ -36,7 +38,7 @@ def _calib_options(f):
     f = click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration images (HR).")(f)
     f = click.option("--layers", help="Op kinds to quantize, comma-separated: linear,matmul,conv "
                                       "(default: the architecture family's).")(f)
-    f = click.option("--target", type=click.Choice(["any", "tensorrt"]), default="any", show_default=True,
+    f = click.option("--target", type=click.Choice(["any", "tensorrt"]), default=defaults.TARGET, show_default=True,
                      help="tensorrt: only grids TensorRT executes exactly (symmetric weights, activation "
                           "offsets only where they fold into a bias).")(f)
     f = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(f)
@@ -116,17 +118,45 @@ def _method_settings(method_name: str, iters: int, batch: int, bias_lr: float | 
     return {"iters": iters, "batch": batch, **harmoq_only}
 
 
-def _calibrated(source, method_name, config, calib, crops, patch, seed, iters, batch, abr_rates, device,
-                checkpoint=None):
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """What ``calibrate`` and ``eval --method`` were asked to calibrate with, checked."""
+
+    method: str
+    settings: dict
+    config: object
+    calib: Path
+    crops: int
+    patch: int
+    seed: int
+    device: str
+
+    @classmethod
+    def from_options(cls, method: str, options: dict) -> "CalibrationRequest":
+        """From the options ``_bits_options`` and ``_calib_options`` add to a command; a bad one is a HarmoqError."""
+        from .calibrate import make_method
+
+        config = _quant_config(options["bits"], options["wbits"], options["abits"], options["layers"],
+                               options["target"])
+        settings = _method_settings(method, options["iters"], options["batch"], options["bias_lr"],
+                                    options["weight_lr"], options["weight_bound_lrs"])
+        make_method(method, **settings)  # an unknown method or setting fails before any work
+        if options["calib"] is None:
+            raise HarmoqError(f"--calib DIR is required to calibrate with {method}")
+        return cls(method, settings, config, options["calib"], options["crops"], options["patch"], options["seed"],
+                   _check_device(options["device"]))
+
+
+def _calibrated(source, request: CalibrationRequest, checkpoint: Path | None = None):
+    """The calibrated model of ``source`` per ``request``, and the method that calibrated it."""
     from .calibrate import calibrate, make_method
     from .data import sample_calibration_crops
 
-    method = make_method(method_name, **_method_settings(method_name, iters, batch, **abr_rates))
-    if calib is None:
-        raise HarmoqError(f"--calib DIR is required to calibrate with {method_name}")
-    device = _check_device(device)
-    data = sample_calibration_crops(calib, crops, patch, source.scale, seed)
-    return calibrate(source, config, method, data, seed=seed, checkpoint=checkpoint, device=device), method
+    method = make_method(request.method, **request.settings)
+    data = sample_calibration_crops(request.calib, request.crops, request.patch, source.scale, request.seed)
+    calibrated = calibrate(source, request.config, method, data, seed=request.seed, checkpoint=checkpoint,
+                           device=request.device)
+    return calibrated, method
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,8 +174,7 @@ def cli():
 @click.option("--datasets", default="Set5,Set14", show_default=True, help="Comma-separated benchmark names.")
 @click.option("--data-root", required=True, type=click.Path(path_type=Path), help="Folder holding <Name>/HR.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the scores as JSON.")
-def eval_command(model_path, method, artifact, bits, wbits, abits, layers, target, device, batch, iters, bias_lr,
-                 weight_lr, weight_bound_lrs, calib, crops, patch, seed, datasets, data_root, json_path):
+def eval_command(model_path, method, artifact, datasets, data_root, json_path, **options):
     """PSNR/SSIM (Y channel, border = scale) of a float, calibrated or saved quantized model."""
     from .calibrate import apply_artifact, load_artifact
     from .eval import evaluate
@@ -162,9 +191,7 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
     elif method == "fp":
         model = source.module
     else:
-        config = _quant_config(bits, wbits, abits, layers, target)
-        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
-        model = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates, device)[0].model
+        model = _calibrated(source, CalibrationRequest.from_options(method, options))[0].model
     scores = evaluate(model, source.scale, names, data_root)
     table = Table("dataset", "PSNR", "SSIM", "images", title=f"{model_path.name} x{source.scale}")
     for name, score in scores.items():
@@ -180,8 +207,7 @@ def eval_command(model_path, method, artifact, bits, wbits, abits, layers, targe
 @_bits_options
 @_calib_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-def calibrate_command(model_path, method, bits, wbits, abits, layers, target, device, batch, iters, bias_lr, weight_lr,
-                      weight_bound_lrs, calib, crops, patch, seed, output):
+def calibrate_command(model_path, method, output, **options):
     """Calibrate a quantized model and write its artifact (manifest.json + tensors.safetensors).
 
     2dquant and harmoq checkpoint their refinement next to the output; interrupted (Ctrl-C),
@@ -193,21 +219,20 @@ def calibrate_command(model_path, method, bits, wbits, abits, layers, target, de
     from .data import describe_calibration
     from .models import load_model
 
-    config = _quant_config(bits, wbits, abits, layers, target)
+    request = CalibrationRequest.from_options(method, options)
+    config = request.config
     source = load_model(model_path)
     checkpoint = output.parent / f".{output.name}.checkpoint.pt"
     start = time.perf_counter()
     try:
-        abr_rates = dict(bias_lr=bias_lr, weight_lr=weight_lr, weight_bound_lrs=weight_bound_lrs)
-        calibrated, method_obj = _calibrated(source, method, config, calib, crops, patch, seed, iters, batch, abr_rates,
-                                             device, checkpoint)
+        calibrated, method_obj = _calibrated(source, request, checkpoint)
     except KeyboardInterrupt:
         if checkpoint.is_file():
             _err.print(f"interrupted; run the same command again to resume from {checkpoint}", markup=False)
         raise
-    calibration = describe_calibration(calib, crops, patch, source.scale, seed)
-    save_artifact(output, calibrated.model, source, config, method_record(method_obj, calibrated), calibration, seed,
-                  corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
+    calibration = describe_calibration(request.calib, request.crops, request.patch, source.scale, request.seed)
+    save_artifact(output, calibrated.model, source, config, method_record(method_obj, calibrated), calibration,
+                  request.seed, corrected_weights=calibrated.corrected_weights, scales=calibrated.scales)
     checkpoint.unlink(missing_ok=True)
     for step in calibrated.steps:
         verdict = "kept" if step.applied else "no change" if step.loss_before == step.loss_after \

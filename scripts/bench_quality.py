@@ -3,9 +3,10 @@
 Writes docs/results/<stem>.json and .md (rows: model, bits, method, dataset, psnr, ssim,
 calib_seconds). Each finished configuration is written at once; ``--resume`` keeps the rows of
 an earlier run with the same settings on the same host and computes only the missing ones, so a long
-table can be filled across several sittings (a file from another host is refused: docs/method.md,
-section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI -> +SRC -> +HSO ->
-+ABR on the bounds -> +ABR on the biases too -> +ABR on the weights too = HarmoQ).
+table can be filled over several runs (a file from another host is refused: float results depend
+on the host). ``--methods`` takes method names and the presets of ``harmoq_deploy.calibrate.presets``;
+``--ablation`` replaces them with HarmoQ's ablation (DOBI -> +SRC -> +HSO -> +ABR on the bounds ->
++ABR on the biases too -> +ABR on the weights too = HarmoQ).
 
     .venv/bin/python scripts/bench_quality.py                        # the full table (hours on a CPU)
     .venv/bin/python scripts/bench_quality.py --models IMDN_x2 --bits 3 --datasets Set5 --iters 40
@@ -13,60 +14,51 @@ section 4). ``--ablation`` replaces the method list with HarmoQ's ablation (DOBI
 
 import argparse
 import time
+from dataclasses import replace
 
-from benchlib import (MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, run_script, today,
+from benchlib import (MODELS, MORE_MODELS, RESULTS, QualityRow, bit_widths, machine, resumable_rows, run_script, today,
                       write_results)
 
-from harmoq_deploy.calibrate import OPTIMIZING_METHODS, HarmoQ, calibrate, make_method
-from harmoq_deploy.calibrate.methods import DEFAULT_BATCH, DEFAULT_BIAS_LR, DEFAULT_ITERS, DEFAULT_WEIGHT_BOUND_LRS, \
-    DEFAULT_WEIGHT_LR
-from harmoq_deploy.data import load_benchmark, sample_calibration_crops
-from harmoq_deploy.eval import score_pairs
+from harmoq_deploy import defaults
+from harmoq_deploy.calibrate import OPTIMIZING_METHODS, calibrate, make_method, presets
+from harmoq_deploy.data import ImagePair, load_benchmark, sample_calibration_crops
+from harmoq_deploy.eval import score_pairs, super_resolve
 from harmoq_deploy.models import load_model
 from harmoq_deploy.paths import benchmarks_root, calib_root, shared_weights
 from harmoq_deploy.quant import QuantConfig
 
 METHODS = ("minmax", "percentile", "dobi", "2dquant", "harmoq", "harmoq@tensorrt")
-#: labels of their own for a method run with settings other than its defaults: label -> (method, settings),
-#: run only when named in --methods. HarmoQ's ABR with the bounds alone refined (`harmoq-frozen-bias`, HarmoQ
-#: before 2026-11-29) and with the biases too (`harmoq-frozen-weights`); the controls that give DQC HarmoQ's
-#: freedom, the biases (`2dquant+bias`) or the biases and weights (`2dquant+free`): not the paper's 2DQuant.
-#: `-uniform-weight-lr`: the weights refined at one rate for every width (HarmoQ's first weight refinement);
-#: `harmoq-refined-guard`: HSO and SRC judged after a short refinement from each state, not on the states they
-#: leave (docs/method.md, section 4); `harmoq-unrounded`: HarmoQ before SRC rounded its weights with error
-#: feedback and ABR moved the weight grids slowly (section 1); `harmoq-slow-grids`: the weight grids always slow, never
-#: tried at the activations' rate (HarmoQ of 2026-11-30, seventh sitting; section 3).
-VARIANTS = {"harmoq-frozen-bias": ("harmoq", dict(bias_lr=0.0, weight_lr=0.0)),
-            "harmoq-frozen-weights": ("harmoq", dict(weight_lr=0.0)),
-            "2dquant+bias": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR)),
-            "2dquant+free": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR)),
-            "harmoq-uniform-weight-lr": ("harmoq", dict(weight_lr_by_width=False)),
-            "harmoq-refined-guard": ("harmoq", dict(guard_iters=20)),
-            "harmoq-slow-grids": ("harmoq", dict(weight_bound_lrs=(DEFAULT_WEIGHT_BOUND_LRS[0],))),
-            "harmoq-unrounded": ("harmoq", dict(rounding_damping=None, weight_bound_lrs=(None,))),
-            "2dquant+free-uniform-weight-lr": ("2dquant", dict(bias_lr=DEFAULT_BIAS_LR, weight_lr=DEFAULT_WEIGHT_LR,
-                                                                weight_lr_by_width=False))}
 #: a method label ending in this runs on the grids TensorRT executes exactly (QuantConfig.target)
 TENSORRT = "@tensorrt"
-ABLATION = {"dobi": dict(src=False, hso=False, abr=False), "dobi+src": dict(hso=False, abr=False),
-            "dobi+src+hso": dict(abr=False), "dobi+src+hso+abr": dict(bias_lr=0.0, weight_lr=0.0),
-            "dobi+src+hso+abr+bias": dict(weight_lr=0.0), "dobi+src+hso+abr+bias+weights (harmoq)": {}}
 
 
 def _method(label: str, args):
     refine = dict(iters=args.iters, batch=args.batch)
-    if label in ABLATION:
-        return HarmoQ(**refine, **ABLATION[label])
+    if label in presets.ABLATION:
+        return presets.build_ablation(label, **refine)
     base = label.removesuffix(TENSORRT)
-    name, settings = VARIANTS.get(base, (base, {}))
-    return make_method(name, **(refine if name in OPTIMIZING_METHODS else {}), **settings)
+    if presets.resolve(base) is not None:
+        return presets.build(base, **refine)
+    return make_method(base, **(refine if base in OPTIMIZING_METHODS else {}))
+
+
+def float_targets(model, pairs: list[ImagePair]) -> list[ImagePair]:
+    """``pairs`` with the float model's own output in place of the HR image."""
+    return [replace(p, hr=super_resolve(model, p.lr)) for p in pairs]
+
+
+def canonical_label(label: str) -> str:
+    """A method label under its preset's current name (older names stay valid, on the command line
+    and in the rows ``--resume`` keeps)."""
+    base = label.removesuffix(TENSORRT)
+    return presets.canonical(base) + label[len(base):]
 
 
 def table_order(rows: list[QualityRow]) -> list[QualityRow]:
     """Rows grouped by model (first seen first), then FP and widest bits first, then method in
-    the order of the method list, however many sittings (``--resume``) they were computed in."""
+    the order of the method list, however many runs (``--resume``) they were computed in."""
     models = list(dict.fromkeys(r.model for r in rows))
-    labels = list(dict.fromkeys(("fp", *METHODS, *VARIANTS, *ABLATION)))
+    labels = list(dict.fromkeys(("fp", *METHODS, *presets.PRESETS, *presets.ABLATION)))
 
     def key(row: QualityRow) -> tuple:
         weight_bits = 0 if row.bits == "FP" else int(row.bits[1:row.bits.index("A")])
@@ -100,12 +92,27 @@ def margins(rows: list[QualityRow], better: str, base: str) -> str:
                       *lines, "", f"Mean PSNR margin: {means}.", "", "Per set:", "", *by_set, ""])
 
 
+def protocol(settings: dict) -> str:
+    """The results page's protocol line for a run with ``settings`` (crops, patch, seed, iters, batch)."""
+    return (f"PSNR/SSIM on Y (BT.601), border = scale, uint8 output. Calibration: {settings['crops']} LR crops of "
+            f"{settings['patch']}x{settings['patch']} from DIV2K_valid_crop256 (seed {settings['seed']}), the same for "
+            f"every method; 2DQuant's DQC and HarmoQ's ABR: {settings['iters']} iterations of batch {settings['batch']}. "
+            "Methods at their defaults; other labels are the presets in harmoq_deploy/calibrate/presets.py. Weights "
+            "per output channel, activations per tensor, asymmetric, except `@tensorrt` rows: the grids TensorRT "
+            "executes exactly (symmetric weights). `calib s`: wall time of the whole calibration.")
+
+
 def write_table(stem: str, rows: list[QualityRow], meta: dict, ablation: bool) -> None:
     """The results file in table order, with the margins of each comparison its rows allow."""
     comparisons = [("dobi+src+hso+abr+bias+weights (harmoq)", "dobi")] if ablation else \
-        [("harmoq", "2dquant"), ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"),
-         ("harmoq-frozen-bias", "2dquant"), ("harmoq", "2dquant+free"), ("harmoq-frozen-weights", "2dquant+bias"),
-         ("harmoq@tensorrt", "harmoq"), ("harmoq-refined-guard", "harmoq")]
+        [("harmoq", "2dquant"), ("harmoq", "harmoq-slow-grids"), ("harmoq", "2dquant+free"),
+         ("harmoq@tensorrt", "harmoq"), ("harmoq-refined-guard", "harmoq"),
+         ("harmoq-uniform-weight-lr", "2dquant"), ("harmoq-frozen-weights", "2dquant"),
+         ("harmoq-bounds-only", "2dquant"), ("harmoq-frozen-weights", "2dquant+bias"),
+         ("harmoq-unrounded", "2dquant"), ("harmoq-unrounded", "2dquant+free"),
+         ("harmoq-unrounded@tensorrt", "harmoq-unrounded"), ("harmoq-unrounded-refined-guard", "harmoq-unrounded"),
+         ("harmoq-unrounded-uniform-weight-lr", "2dquant"), ("harmoq-unrounded-frozen-weights", "2dquant"),
+         ("harmoq-unrounded-bounds-only", "2dquant")]
     ordered = table_order(rows)
     appendix = "\n".join(filter(None, (margins(ordered, better, base) for better, base in comparisons)))
     write_results(stem, ordered, meta, appendix)
@@ -116,83 +123,79 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--bits", default=[4, 3, 2], type=bit_widths, help="comma-separated, e.g. 4,3,2")
     parser.add_argument("--datasets", default="Set5,Set14,CBSD68")
-    parser.add_argument("--crops", type=int, default=32)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="2DQuant DQC / HarmoQ ABR iterations")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--crops", type=int, default=defaults.CROPS)
+    parser.add_argument("--patch", type=int, default=defaults.PATCH)
+    parser.add_argument("--seed", type=int, default=defaults.SEED)
+    parser.add_argument("--iters", type=int, default=defaults.ITERS, help="2DQuant DQC / HarmoQ ABR iterations")
+    parser.add_argument("--batch", type=int, default=defaults.BATCH)
     parser.add_argument("--methods", default=",".join(METHODS), help="labels; NAME@tensorrt = TensorRT grids")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--stem", default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--against-float", action="store_true",
+                        help="also score every quantized model against the float model's own output "
+                             "(rows with dataset '<set> vs FP'), for networks not trained on bicubic LR")
     args = parser.parse_args()
     stem = args.stem or ("ablation" if args.ablation else "quality")
-    methods = tuple(ABLATION) if args.ablation else tuple(args.methods.split(","))
+    methods = tuple(presets.ABLATION) if args.ablation else tuple(map(canonical_label, args.methods.split(",")))
     models, datasets = args.models.split(","), args.datasets.split(",")
-    unknown = sorted(set(models) - set(MODELS))
+    checkpoints = {**MODELS, **MORE_MODELS}
+    unknown = sorted(set(models) - set(checkpoints))
     if unknown:
-        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(checkpoints)}")
     for label in methods:
         _method(label, args)  # an unknown label fails here, not after hours of earlier rows
     settings = {"crops": args.crops, "patch": args.patch, "seed": args.seed, "iters": args.iters, "batch": args.batch}
     meta = {
         "title": "HarmoQ ablation" if args.ablation else "PTQ methods side by side",
         "script": "scripts/bench_quality.py", "date": today(), "machine": machine(), **settings,
-        "protocol": (f"PSNR/SSIM on Y (BT.601), border = scale, uint8 output. Calibration: {args.crops} LR crops of "
-                     f"{args.patch}x{args.patch} from DIV2K_valid_crop256 (seed {args.seed}), the same for every "
-                     f"method; 2DQuant DQC and HarmoQ ABR: {args.iters} iterations of batch {args.batch}, Adam lr 1e-2, "
-                     "cosine; HarmoQ's SRC rounds its corrected weights onto their grids with error feedback "
-                     f"(damping {HarmoQ.rounding_damping:g}) and its ABR moves the weight grids at lr "
-                     f"{' or '.join(f'{r:g}' for r in HarmoQ.weight_bound_lrs)}, whichever reaches the lower loss on "
-                     f"the held-out crops after {HarmoQ.rate_trial_iters} refinement iterations on the others "
-                     "(`harmoq-unrounded`: neither rounding nor a slower rate, HarmoQ before 2026-11-30, seventh "
-                     f"sitting; `harmoq-slow-grids`: {DEFAULT_WEIGHT_BOUND_LRS[0]:g} without a trial, HarmoQ of that "
-                     "sitting), and also refines the biases and weights of the quantized layers (Adam lr "
-                     f"{DEFAULT_BIAS_LR:g} and {DEFAULT_WEIGHT_LR:g}, the latter scaled by 7 over the weight "
-                     "grid's step count (x7/3 at 2 bits, x1 at 3, x7/15 at 4 on asymmetric grids); "
-                     "`-uniform-weight-lr` rows use "
-                     f"{DEFAULT_WEIGHT_LR:g} at every width; `harmoq-frozen-weights`: the biases alone, "
-                     "`harmoq-frozen-bias`: neither, HarmoQ before 2026-11-29; `2dquant+bias` and `2dquant+free`: the "
-                     "controls that give DQC the same freedom, not the paper's 2DQuant; `harmoq-refined-guard`: "
-                     f"HSO and SRC judged after {VARIANTS['harmoq-refined-guard'][1]['guard_iters']} refinement "
-                     f"iterations on the crops other than the {HarmoQ.guard_crops} they hold out). "
-                     "Coverage: the architecture's default; weights per-channel, activations per-tensor, "
-                     "asymmetric, except `@tensorrt` rows: the grids TensorRT executes exactly (symmetric "
-                     "per-channel weights; activations per tensor, their offsets restored exactly by the exporter). "
-                     "`calib s` = wall time of the whole calibration (observation included)."),
+        "protocol": protocol(settings),
     }
     rows: list[QualityRow] = []
     path = RESULTS / f"{stem}.json"
     if args.resume and path.is_file():
-        rows = [QualityRow(**r) for r in resumable_rows(path, meta, tuple(settings))]
+        rows = [QualityRow(**{**r, "method": canonical_label(r["method"])})
+                for r in resumable_rows(path, meta, tuple(settings))]
     done = {(r.model, r.bits, r.method, r.dataset) for r in rows}
+    computed = 0
 
     def write() -> None:
         write_table(stem, rows, meta, args.ablation)
 
     def record(row: QualityRow) -> None:
+        nonlocal computed
+        computed += 1
         rows.append(row)
         done.add((row.model, row.bits, row.method, row.dataset))
         print(f"{row.model} {row.bits} {row.method} {row.dataset}: {row.psnr:.3f} / {row.ssim:.4f} "
               f"(calib {row.calib_seconds:.1f}s)", flush=True)
         write()
 
+    sets = [*datasets, *(f"{d} vs FP" for d in datasets if args.against_float)]
+    requested = 0
     for key in models:
-        source = load_model(shared_weights(MODELS[key]))
+        cells = [(key, "FP", "fp", d) for d in datasets] + \
+            [(key, f"W{bits}A{bits}", label, d) for bits in args.bits for label in methods for d in sets]
+        requested += len(cells)
+        if all(cell in done for cell in cells):
+            continue
+        source = load_model(shared_weights(checkpoints[key]))
         pairs = {d: load_benchmark(benchmarks_root(), d, source.scale) for d in datasets}
+        if args.against_float:
+            pairs |= {f"{d} vs FP": float_targets(source.module, p) for d, p in list(pairs.items())}
         for d, p in pairs.items():
-            if (key, "FP", "fp", d) not in done:
+            if (key, "FP", "fp", d) not in done and not d.endswith(" vs FP"):
                 score = score_pairs(source.module, p, source.scale, f"{key} FP {d}")
                 record(QualityRow(key, "FP", "fp", d, score.psnr, score.ssim, 0.0))
         crops = sample_calibration_crops(calib_root(), args.crops, args.patch, source.scale, args.seed)
         for bits in args.bits:
             for label in methods:
-                wanted = [d for d in datasets if (key, f"W{bits}A{bits}", label, d) not in done]
+                wanted = [d for d in pairs if (key, f"W{bits}A{bits}", label, d) not in done]
                 if not wanted:
                     continue
                 start = time.perf_counter()
                 config = QuantConfig(wbits=bits, abits=bits, target="tensorrt" if label.endswith(TENSORRT) else "any")
-                calibrated = calibrate(load_model(shared_weights(MODELS[key])), config, _method(label, args), crops,
+                calibrated = calibrate(load_model(shared_weights(checkpoints[key])), config, _method(label, args), crops,
                                        seed=args.seed)
                 seconds = round(time.perf_counter() - start, 1)
                 for step in calibrated.steps:
@@ -201,6 +204,9 @@ def main() -> None:
                 for d in wanted:
                     score = score_pairs(calibrated.model, pairs[d], source.scale, f"{key} W{bits}A{bits} {label} {d}")
                     record(QualityRow(key, f"W{bits}A{bits}", label, d, score.psnr, score.ssim, seconds))
+    if not computed:
+        print(f"nothing to compute: all {requested} requested cells are in {path.name}; left unchanged")
+        return
     write()
 
 

@@ -62,7 +62,7 @@ def run_script(main) -> None:
 
 def machine() -> str:
     """The host as far as results depend on it. The CPU capability torch dispatches to is part of
-    it: two 'AMD EPYC' hosts gave the same 2DQuant calibration 0.27 dB apart (docs/method.md)."""
+    it: two hosts gave the same 2DQuant calibration 0.27 dB apart (docs/method.md, section 7)."""
     return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}), "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 

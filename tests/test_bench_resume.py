@@ -75,3 +75,38 @@ def test_margins_are_averaged_per_width_and_per_set_over_the_cells_both_methods_
     text = margins(rows, "harmoq", "2dquant")
     assert "W2A2 +0.367 dB over 3 cells" in text
     assert "- W2A2: Set5 +0.400 dB over 2 models, CBSD68 +0.300 dB over 1 model" in text
+
+
+def test_a_resume_whose_every_cell_exists_computes_nothing_and_leaves_the_file_alone():
+    import subprocess
+    stem = f"test_resume_{__import__('os').getpid()}"
+    path = PROJECT_ROOT / "docs" / "results" / f"{stem}.json"
+    meta = {"machine": machine(), "crops": 32, "patch": 64, "seed": 0, "iters": 100, "batch": 4}
+    rows = [{**ROW, "bits": "FP", "method": "fp", "calib_seconds": 0.0},
+            {**ROW, "bits": "W3A3", "method": "harmoq-frozen-bias@tensorrt"}]
+    path.write_text(json.dumps({"meta": meta, "rows": rows}))
+    try:
+        before = path.read_bytes()
+        done = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "bench_quality.py"), "--models", "IMDN_x2",
+                               "--bits", "3", "--datasets", "Set5", "--methods", "harmoq-bounds-only@tensorrt",
+                               "--stem", stem, "--resume"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "nothing to compute: all 2 requested cells" in done.stdout
+        assert path.read_bytes() == before
+    finally:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".md").unlink(missing_ok=True)
+
+
+def test_older_preset_names_resolve_to_the_current_ones():
+    from bench_quality import _method, canonical_label
+
+    from harmoq_deploy.calibrate import presets
+    assert canonical_label("harmoq-frozen-bias@tensorrt") == "harmoq-bounds-only@tensorrt"
+    assert canonical_label("harmoq@tensorrt") == "harmoq@tensorrt"
+    args = type("Args", (), {"iters": 7, "batch": 2})()
+    built = _method("harmoq-frozen-bias", args)
+    assert (built.bias_lr, built.weight_lr, built.iters, built.batch) == (0.0, 0.0, 7, 2)
+    assert built == presets.build("harmoq-bounds-only", iters=7, batch=2)
+    unrounded = _method("harmoq-unrounded-frozen-weights", args)
+    assert (unrounded.rounding_damping, unrounded.weight_bound_lrs, unrounded.weight_lr) == (None, (None,), 0.0)

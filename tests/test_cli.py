@@ -162,10 +162,22 @@ def test_calibrate_refuses_bad_calibration_folders_and_foreign_artifacts(shared,
                     "--data-root", tiny_benchmarks], capsys, "calibrated for PANx2_DF2K.pth")
 
 
-def test_the_cli_defaults_match_the_calibration_stage():
-    from harmoq_deploy import cli
-    from harmoq_deploy.calibrate import methods
+def test_the_cli_defaults_are_the_calibration_stage_defaults():
+    from harmoq_deploy import cli, defaults
+    from harmoq_deploy.calibrate import HarmoQ, TwoDQuant
 
-    assert (cli.DEFAULT_ITERS, cli.DEFAULT_BATCH, cli.DEFAULT_BIAS_LR, cli.DEFAULT_WEIGHT_LR) == \
-        (methods.DEFAULT_ITERS, methods.DEFAULT_BATCH, methods.DEFAULT_BIAS_LR, methods.DEFAULT_WEIGHT_LR)
-    assert cli._weight_bound_lrs(cli.DEFAULT_WEIGHT_BOUND_LRS) == methods.DEFAULT_WEIGHT_BOUND_LRS
+    harmoq, two_d_quant = HarmoQ(), TwoDQuant()
+    assert (harmoq.iters, harmoq.batch, harmoq.bias_lr, harmoq.weight_lr) == \
+        (defaults.ITERS, defaults.BATCH, defaults.BIAS_LR, defaults.WEIGHT_LR)
+    assert (two_d_quant.iters, two_d_quant.batch, two_d_quant.lr) == (defaults.ITERS, defaults.BATCH, harmoq.lr)
+    assert cli._weight_bound_lrs(cli.DEFAULT_WEIGHT_BOUND_LRS) == harmoq.weight_bound_lrs
+    options = {p.name: p.default for p in cli.cli.commands["calibrate"].params}
+    assert (options["iters"], options["batch"], options["crops"], options["patch"], options["seed"],
+            options["target"]) == (defaults.ITERS, defaults.BATCH, defaults.CROPS, defaults.PATCH, defaults.SEED,
+                                   defaults.TARGET)
+
+
+def test_the_defaults_module_does_not_import_torch():
+    import subprocess
+    code = "import sys, harmoq_deploy.defaults; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

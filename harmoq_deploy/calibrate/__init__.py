@@ -9,6 +9,7 @@ from torch import nn
 from ..errors import HarmoqError
 from ..models import LoadedModel
 from ..quant import QuantConfig, quantize_model
+from . import presets
 from .artifact import Artifact, apply_artifact, load_artifact, save_artifact
 from .baselines import BASELINES, Dobi
 from .bounds import initialise_bounds
@@ -18,7 +19,7 @@ from .observe import observe_activations
 METHODS = tuple(BASELINES) + tuple(OPTIMIZING_METHODS)
 
 __all__ = ["METHODS", "OPTIMIZING_METHODS", "Artifact", "Calibrated", "HarmoQ", "TwoDQuant", "apply_artifact", "calibrate",
-           "load_artifact", "make_method", "method_record", "save_artifact"]
+           "load_artifact", "make_method", "method_record", "presets", "save_artifact"]
 
 
 @dataclass

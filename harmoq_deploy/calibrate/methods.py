@@ -15,8 +15,8 @@ scales) and a record of what each step did.
   distillation loss on calibration crops held out from its fit: both solve per-layer proxies
   of that loss, and the guard stops a proxy win from being a network loss. With
   ``guard_iters > 0`` the loss is judged after a short refinement from each state instead, since
-  ABR refines whatever the steps leave; measured, that changed no result beyond the hosts'
-  rounding and cost up to 46% more time, so it is not the default (docs/method.md, section 4).
+  ABR refines whatever the steps leave; it costs time and changed no result measurably, so it is
+  not the default (docs/method.md, section 7).
 """
 
 import time
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import defaults
 from ..models.layout import ArchLayout
 from ..progress import progress_bar
 from ..quant import quantizers, set_quantization_enabled
@@ -36,17 +37,6 @@ from .observe import observe_activations
 from .refine import RefineSettings, Teacher, refine_bounds
 from .src import structural_residual_calibration
 
-#: defaults a 2-core CPU lives with: DCTLSA x2 at W3A3 calibrated by HarmoQ in 523.7 s (quality_avx2_trial, 2026-11-30, 2 cores)
-DEFAULT_ITERS, DEFAULT_BATCH = 100, 4
-#: the learning rates at which HarmoQ's ABR refines the quantized layers' biases and weights, the latter at
-#: 3 bits and scaled to the grid at other widths (refine.weight_lr_scale; docs/method.md, section 3)
-DEFAULT_BIAS_LR, DEFAULT_WEIGHT_LR = 1e-3, 1e-3
-#: SRC's rounding of the corrected weights (the Gram's damping, relative to its mean diagonal), and the rates
-#: ABR may move the weight grids at: slowly, so that the rounding stays on the grid it was made for, or as fast
-#: as the activations' grids; a short trial from SRC's result picks one (docs/method.md, section 3)
-DEFAULT_ROUNDING_DAMPING, DEFAULT_WEIGHT_BOUND_LRS = 0.01, (1e-3, 1e-2)
-#: the refinement iterations each weight-grid rate is tried for before ABR
-DEFAULT_RATE_TRIAL_ITERS = 25
 
 
 @dataclass
@@ -104,10 +94,10 @@ class TwoDQuant:
     HarmoQ's margin that freedom alone buys.
     """
 
-    iters: int = DEFAULT_ITERS
-    batch: int = DEFAULT_BATCH
-    lr: float = 1e-2
-    feature_weight: float = 5.0
+    iters: int = defaults.ITERS
+    batch: int = defaults.BATCH
+    lr: float = defaults.LR
+    feature_weight: float = defaults.FEATURE_WEIGHT
     bias_lr: float = 0.0
     weight_lr: float = 0.0
     weight_lr_by_width: bool = True
@@ -128,42 +118,54 @@ class TwoDQuant:
 class HarmoQ:
     """HarmoQ (Wang et al., AAAI 2026) as derived in docs/method.md: HSO, SRC, ABR on DOBI bounds.
 
-    ``src``/``hso``/``abr`` switch the steps (for the ablation); ``ridges`` are SRC's candidate
-    relative lambdas (chosen per layer by hold-out); ``src_crops`` how many calibration crops
-    SRC's single pass uses; ``hso_resolves`` how many HSO re-solves ABR spreads evenly over
-    its iterations; ``bias_lr`` and ``weight_lr`` are the learning rates at which ABR also
-    refines the quantized layers' biases and (SRC-corrected) weights: SRC solves its correction
-    against the DOBI grids, and ABR moves them. 0 keeps them frozen (the results files' labels
-    ``harmoq-frozen-bias``, both frozen, and ``harmoq-frozen-weights``). ``weight_lr`` is the
-    rate at 3 bits, scaled to the grid step at other widths unless ``weight_lr_by_width`` is False
-    (``harmoq-uniform-weight-lr``, HarmoQ's first weight refinement). ``rounding_damping`` is the
-    damping of SRC's rounding with error feedback (None: nearest rounding); ``weight_bound_lrs``
-    the rates ABR may move the weight quantizers' bounds at (None: ``lr``), each tried for
-    ``rate_trial_iters`` iterations from SRC's result on the fit crops and judged on the held-out
-    ones, the best kept (a single rate is not tried); no rounding and the single rate ``lr``
-    (``None``) is HarmoQ before that rounding (``harmoq-unrounded``). ``guard_iters`` > 0 is how
-    many refinement iterations the guards run from the states with and without a step before they
-    compare held-out losses (``harmoq-refined-guard``: 20); 0 compares the states as they are.
+    Named variants (the ablation's rungs, the controls, earlier settings) are in ``presets``.
+
+    Args:
+        iters: ABR's refinement iterations; 0 skips the refinement.
+        batch: calibration crops per refinement step.
+        lr: Adam rate of the quantizer bounds.
+        feature_weight: weight of the feature-map term in the distillation loss.
+        src: run SRC, the closed-form structural weight correction.
+        hso: run HSO, the harmonized per-channel scales folded into the weights.
+        abr: run ABR, the refinement by distillation to the float model.
+        ridges: SRC's candidate ridge lambdas, relative to the Gram's mean diagonal; each layer
+            keeps the one (or none) that its held-out half of the crops prefers.
+        rounding_damping: damping of SRC's rounding of the corrected weights onto their grid with
+            error feedback; None rounds to nearest.
+        weight_bound_lrs: rates ABR may move the weight quantizers' bounds at (None: ``lr``).
+            With more than one, each is tried for ``rate_trial_iters`` iterations from SRC's
+            result on the fit crops and judged on the held-out crops; the best is kept.
+        rate_trial_iters: iterations of each weight-grid rate trial.
+        src_crops: calibration crops SRC's single pass uses.
+        hso_crops: calibration crops HSO records its layers' inputs on.
+        guard_crops: calibration crops held out to judge the closed-form steps and the rate trials.
+        guard_iters: refinement iterations the guards run from the states with and without a step
+            before comparing held-out losses; 0 compares the states as they are.
+        hso_resolves: HSO re-solves ABR spreads evenly over its iterations.
+        bias_lr: Adam rate at which ABR also refines the quantized layers' biases; 0 freezes them.
+        weight_lr: Adam rate at which ABR also refines the quantized layers' (SRC-corrected)
+            weights, at 3 bits; 0 freezes them.
+        weight_lr_by_width: scale ``weight_lr`` to the grid's step at other widths.
     """
 
-    iters: int = DEFAULT_ITERS
-    batch: int = DEFAULT_BATCH
-    lr: float = 1e-2
-    feature_weight: float = 5.0
+    iters: int = defaults.ITERS
+    batch: int = defaults.BATCH
+    lr: float = defaults.LR
+    feature_weight: float = defaults.FEATURE_WEIGHT
     src: bool = True
     hso: bool = True
     abr: bool = True
     ridges: tuple[float, ...] = (0.05, 0.2, 1.0)
-    rounding_damping: float | None = DEFAULT_ROUNDING_DAMPING
-    weight_bound_lrs: tuple[float | None, ...] = DEFAULT_WEIGHT_BOUND_LRS
-    rate_trial_iters: int = DEFAULT_RATE_TRIAL_ITERS
+    rounding_damping: float | None = defaults.ROUNDING_DAMPING
+    weight_bound_lrs: tuple[float | None, ...] = defaults.WEIGHT_BOUND_LRS
+    rate_trial_iters: int = defaults.RATE_TRIAL_ITERS
     src_crops: int = 16
     hso_crops: int = 8
     guard_crops: int = 8
     guard_iters: int = 0
     hso_resolves: int = 3
-    bias_lr: float = DEFAULT_BIAS_LR
-    weight_lr: float = DEFAULT_WEIGHT_LR
+    bias_lr: float = defaults.BIAS_LR
+    weight_lr: float = defaults.WEIGHT_LR
     weight_lr_by_width: bool = True
     name = "harmoq"
 

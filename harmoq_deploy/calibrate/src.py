@@ -31,6 +31,8 @@ least-squares objective once the weights must lie on the grid. See docs/method.m
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,115 @@ def round_with_feedback(weight: torch.Tensor, quantizer: nn.Module, factor: torc
     return flat.reshape(weight.shape).to(weight.dtype)
 
 
+@dataclass
+class _LayerFit:
+    """One layer's SRC problem, from the input it receives: the high-passed rows Theorem 1 is solved on
+    (the batch's first half), the rows its candidates are scored on (the second half), and the float
+    output those should reach."""
+
+    layer: nn.Module
+    weight: torch.Tensor
+    q_h: torch.Tensor
+    dx_h: torch.Tensor
+    rows_q: torch.Tensor
+    target: torch.Tensor
+    mean_dx: torch.Tensor
+    mean_q: torch.Tensor
+    rounding: torch.Tensor | None
+
+    @classmethod
+    def from_input(cls, layer: nn.Module, x: torch.Tensor, generator: torch.Generator,
+                   rounding_damping: float | None) -> "_LayerFit":
+        q = layer.input_quantizer(x)
+        half = max(x.shape[0] // 2, 1)
+        fit, check = slice(0, half), slice(half if x.shape[0] > 1 else 0, None)
+        q_h, dx_h = _sample_rows(layer_rows(layer, q[fit], True), layer_rows(layer, (q - x)[fit], True),
+                                 generator=generator)
+        rows_q, rows_x = _sample_rows(layer_rows(layer, q[check], False), layer_rows(layer, x[check], False),
+                                      generator=generator)
+        fit_rows_q = layer_rows(layer, q[fit], False)
+        weight = layer.weight.detach().clone()
+        rounding = None
+        if rounding_damping is not None and layer.weight_quantizer.channel_axis in (None, 0):
+            rounding = rounding_factor(_sample_rows(fit_rows_q, generator=generator)[0], rounding_damping)
+        return cls(layer, weight, q_h, dx_h, rows_q, rows_x @ weight.reshape(weight.shape[0], -1).T,
+                   layer_rows(layer, (q - x)[fit], False).mean(0), fit_rows_q.mean(0), rounding)
+
+    @property
+    def flat(self) -> torch.Tensor:
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    def candidate(self, d_weight: torch.Tensor, rounded: bool, reset_weight_bounds: Callable[[nn.Module], None],
+                  biased: bool = True) -> "_Candidate":
+        """``weight + d_weight`` (rounded onto its grid if asked) with its least-squares bias change when
+        ``biased``, scored by its held-out output error; the layer is left holding it."""
+        layer, flat = self.layer, self.flat
+        layer.weight.copy_(self.weight + d_weight)
+        reset_weight_bounds(layer)
+        if rounded:
+            layer.weight.copy_(round_with_feedback(layer.weight, layer.weight_quantizer, self.rounding))
+        d_weight = layer.weight.detach() - self.weight
+        d_bias = -(self.mean_dx @ flat.T + self.mean_q @ d_weight.reshape(flat.shape).T) \
+            if biased and layer.bias is not None else torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        quantized = layer.weight_quantizer(layer.weight).reshape(flat.shape)
+        error = (self.rows_q @ quantized.T + d_bias - self.target).pow(2).mean().item()
+        bounds = {k: v.clone() for k, v in layer.weight_quantizer.state_dict().items()}
+        return _Candidate(error, d_weight, d_bias, bounds)
+
+
+@dataclass
+class _Candidate:
+    error: float
+    d_weight: torch.Tensor
+    d_bias: torch.Tensor
+    bounds: dict[str, torch.Tensor]
+
+
+def _correct_layer(fit: _LayerFit, ridges: tuple[float, ...],
+                   reset_weight_bounds: Callable[[nn.Module], None]) -> str | None:
+    """Apply to ``fit.layer`` the candidate with the lowest held-out error: no change, a ridge's
+    correction, rounded or not, or the rounding alone. Returns its label, None for no change."""
+    best, label = fit.candidate(torch.zeros_like(fit.weight), False, reset_weight_bounds, biased=False), None
+    corrections = [(None, torch.zeros_like(fit.weight))] + \
+        [(r, solve_correction(fit.weight, fit.q_h, fit.dx_h, r)) for r in ridges]
+    rounds = [False, True] if fit.rounding is not None else [False]
+    for ridge, d_weight in corrections:
+        for rounded in rounds:
+            if ridge is None and not rounded:
+                continue
+            result = fit.candidate(d_weight, rounded, reset_weight_bounds)
+            if result.error < best.error:
+                best = result
+                label = "+".join(part for part in ((str(ridge) if ridge is not None else ""),
+                                                    ("round" if rounded else "")) if part)
+    layer = fit.layer
+    layer.weight.copy_(fit.weight + best.d_weight)
+    layer.weight_quantizer.load_state_dict(best.bounds)
+    if label is not None and layer.bias is not None:
+        layer.bias.add_(best.d_bias)
+    return label
+
+
+class _InNetworkOrder:
+    """The forward pre-hook that corrects each layer once, from the first input it receives."""
+
+    def __init__(self, ridges, reset_weight_bounds, generator: torch.Generator, rounding_damping: float | None):
+        self.ridges, self.reset_weight_bounds = ridges, reset_weight_bounds
+        self.generator, self.rounding_damping = generator, rounding_damping
+        self.visited: set[str] = set()
+        self.chosen: dict[str, str] = {}
+
+    def __call__(self, name: str, layer: nn.Module, inputs) -> None:
+        if name in self.visited:
+            return
+        self.visited.add(name)
+        with unquantized_matmuls():
+            fit = _LayerFit.from_input(layer, inputs[0], self.generator, self.rounding_damping)
+            label = _correct_layer(fit, self.ridges, self.reset_weight_bounds)
+        if label is not None:
+            self.chosen[name] = label
+
+
 def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridges: tuple[float, ...],
                                     reset_weight_bounds: Callable[[nn.Module], None],
                                     seed: int = 0, rounding_damping: float | None = None) -> dict[str, str]:
@@ -153,75 +264,13 @@ def structural_residual_calibration(model: nn.Module, crops: torch.Tensor, ridge
     per changed layer: the ridge, ``+round`` when rounded, or ``round`` alone.
     """
     layers = {name: m for name, m in model.named_modules() if supports_src(m)}
-    visited: set[str] = set()
-    chosen: dict[str, str] = {}
-    generator = torch.Generator().manual_seed(seed)
+    corrector = _InNetworkOrder(ridges, reset_weight_bounds, torch.Generator().manual_seed(seed), rounding_damping)
     crops = crops.to(next(model.parameters()))
-
-    def correct(layer: nn.Module, inputs, name: str) -> None:
-        if name in visited:
-            return
-        visited.add(name)
-        with unquantized_matmuls():
-            _correct(layer, inputs[0], name)
-
-    def _correct(layer: nn.Module, x: torch.Tensor, name: str) -> None:
-        q = layer.input_quantizer(x)
-        half = max(x.shape[0] // 2, 1)
-        fit, check = slice(0, half), slice(half if x.shape[0] > 1 else 0, None)
-        q_h, dx_h = _sample_rows(layer_rows(layer, q[fit], True), layer_rows(layer, (q - x)[fit], True),
-                                 generator=generator)
-        rows_q, rows_x = _sample_rows(layer_rows(layer, q[check], False), layer_rows(layer, x[check], False),
-                                      generator=generator)
-        fit_rows_q = layer_rows(layer, q[fit], False)
-        mean_dx, mean_q = layer_rows(layer, (q - x)[fit], False).mean(0), fit_rows_q.mean(0)
-        weight = layer.weight.detach().clone()
-        flat = weight.reshape(weight.shape[0], -1)
-        target = rows_x @ flat.T
-        rounds = [False]
-        if rounding_damping is not None and layer.weight_quantizer.channel_axis in (None, 0):
-            factor = rounding_factor(_sample_rows(fit_rows_q, generator=generator)[0], rounding_damping)
-            rounds.append(True)
-
-        def candidate(d_weight: torch.Tensor, rounded: bool, biased: bool = True):
-            """The held-out error of ``weight + d_weight`` (rounded if asked) with its least-squares
-            bias when ``biased``, and the weight change, bias change and weight bounds it applies."""
-            layer.weight.copy_(weight + d_weight)
-            reset_weight_bounds(layer)
-            if rounded:
-                layer.weight.copy_(round_with_feedback(layer.weight, layer.weight_quantizer, factor))
-            d_weight = layer.weight.detach() - weight
-            d_bias = -(mean_dx @ flat.T + mean_q @ d_weight.reshape(flat.shape).T) if biased and layer.bias is not None \
-                else torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
-            quantized = layer.weight_quantizer(layer.weight).reshape(flat.shape)
-            error = (rows_q @ quantized.T + d_bias - target).pow(2).mean().item()
-            bounds = {k: v.clone() for k, v in layer.weight_quantizer.state_dict().items()}
-            return error, d_weight, d_bias, bounds
-
-        best, label = candidate(torch.zeros_like(weight), False, biased=False), None
-        corrections = [(None, torch.zeros_like(weight))] + [(r, solve_correction(weight, q_h, dx_h, r)) for r in ridges]
-        for ridge, d_weight in corrections:
-            for rounded in rounds:
-                if ridge is None and not rounded:
-                    continue
-                result = candidate(d_weight, rounded)
-                if result[0] < best[0]:
-                    best = result
-                    label = "+".join(part for part in ((str(ridge) if ridge is not None else ""),
-                                                        ("round" if rounded else "")) if part)
-        _, d_weight, d_bias, bounds = best
-        layer.weight.copy_(weight + d_weight)
-        layer.weight_quantizer.load_state_dict(bounds)
-        if label is not None:
-            if layer.bias is not None:
-                layer.bias.add_(d_bias)
-            chosen[name] = label
-
-    handles = [m.register_forward_pre_hook(lambda m, i, n=name: correct(m, i, n)) for name, m in layers.items()]
+    handles = [m.register_forward_pre_hook(partial(corrector, name)) for name, m in layers.items()]
     try:
         with torch.no_grad():
             model(crops)
     finally:
         for handle in handles:
             handle.remove()
-    return chosen
+    return corrector.chosen
