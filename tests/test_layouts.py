@@ -157,19 +157,29 @@ def test_products_outside_attention_classes_and_einsum_are_quantized():
     assert [op.kind for op in report.ops] == ["matmul", "matmul"] and all(op.flops > 0 for op in report.ops)
 
 
+def _tiny(name: str) -> nn.Module:
+    if name != "ESRGAN-unshuffle":
+        return random_instance(name, tiny=True)
+    from harmoq_deploy.models.zoo import _esrgan
+
+    torch.manual_seed(0)
+    return _esrgan(in_nc=12, num_filters=16, num_blocks=2, scale=2, shuffle_factor=2).eval()
+
+
 def _calibrated_tiny(name: str, tile: int):
-    source = load_model_from_module(random_instance(name, tiny=True), name)
+    source = load_model_from_module(_tiny(name), name)
     crops = torch.rand(4, 3, tile, tile, generator=torch.Generator().manual_seed(0))
     return calibrate(source, QuantConfig(wbits=4, abits=4), make_method("minmax"), crops).model, crops
 
 
 def load_model_from_module(module: nn.Module, name: str) -> LoadedModel:
-    return LoadedModel(module, ZOO[name].scale, name, None, "")
+    return LoadedModel(module, ZOO[name].scale if name in ZOO else 2, name, None, "")
 
 
 # Compact: PReLU; ESRGAN and RealCUGAN: LeakyReLU (RealCUGAN's transposed convs stay float);
-# PLKSR: grouped convs; OmniSR: depthwise convs and einsum attention; SPAN: re-parameterised convs
-@pytest.mark.parametrize("name", ["Compact", "ESRGAN", "RealCUGAN", "PLKSR", "OmniSR", "SPAN"])
+# PLKSR: grouped convs; OmniSR: depthwise convs and einsum attention; SPAN: re-parameterised convs;
+# ESRGAN-unshuffle: a pixel-unshuffled input (RRDBNet x2)
+@pytest.mark.parametrize("name", ["Compact", "ESRGAN", "RealCUGAN", "PLKSR", "OmniSR", "SPAN", "ESRGAN-unshuffle"])
 def test_qdq_graph_matches_fake_quant_on_deployed_ops(name):
     tile = 32
     model, crops = _calibrated_tiny(name, tile)
@@ -181,3 +191,26 @@ def test_qdq_graph_matches_fake_quant_on_deployed_ops(name):
         ours = model(crops[:1]).numpy()
     assert np.abs(outputs[0] - ours).max() < 1e-4
     assert stats.codes > 0 and stats.only_ties, stats
+
+
+def test_a_default_calibration_exports(tmp_path, capsys):
+    """calibrate with every grid option left at its default, then export: the defaults fit together
+    (symmetric weights), and calibrate says what it quantized."""
+    from PIL import Image
+
+    from conftest import run_cli
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    model = save_random_checkpoint("Compact", tmp_path / "compact.pth", tiny=True)
+    code, out, err = run_cli(["calibrate", "--model", model, "--method", "minmax", "--bits", "4", "--calib", calib,
+                              "--crops", "2", "--patch", "16", "-o", tmp_path / "artifact"], capsys)
+    assert code == 0, err
+    assert "Compact: quantized: 4 ops (4 conv)" in out
+    code, out, err = run_cli(["export", "--artifact", tmp_path / "artifact", "--tile", "16", "-o",
+                              tmp_path / "compact.onnx"], capsys)
+    assert code == 0, err
+    assert "TensorRT rules: pass" in out and (tmp_path / "compact.onnx").is_file()

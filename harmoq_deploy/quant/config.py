@@ -2,6 +2,7 @@
 
 from dataclasses import asdict, dataclass
 
+from .. import defaults
 from ..errors import HarmoqError
 from .quantizer import check_bits
 
@@ -25,11 +26,12 @@ class QuantConfig:
         and upsampler, which always stay float.
     weight_per_channel: per-output-channel weight bounds (TensorRT's weight granularity);
         activations are always per-tensor.
-    target: ``"any"`` leaves the grids free; ``"tensorrt"`` constrains them to what TensorRT
-        executes exactly: symmetric per-channel weights (zero point 0; a weight offset would
+    target: ``"tensorrt"`` (the default, so that every default calibration exports) constrains
+        the grids to what TensorRT executes exactly: symmetric per-channel weights (zero point 0; a weight offset would
         multiply the data). Activations stay asymmetric: the exporter shifts each range to
         symmetric and restores the offset exactly around the INT8 op (bias folds, LayerNorm
-        beta, matmul and padded-conv correction terms; see ``export.qdq``).
+        beta, matmul and padded-conv correction terms; see ``export.qdq``). ``"any"`` leaves the
+        weight grids free too (research: the exporter refuses asymmetric weights).
     """
 
     wbits: int = 4
@@ -39,7 +41,7 @@ class QuantConfig:
     weight_per_channel: bool = True
     weight_symmetric: bool = False
     act_symmetric: bool = False
-    target: str = "any"
+    target: str = defaults.TARGET
 
     def __post_init__(self):
         if self.target not in TARGETS:
