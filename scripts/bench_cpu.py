@@ -129,11 +129,17 @@ def _validate(graph, model, float_model, scale, datasets, tiling, threads) -> di
     rows = compare_engine(engine, model, float_model, scale, datasets, tiling)
     engine_psnr = float(np.mean([r["psnr"] for r in rows]))
     passed = summary["passed"] and engine_psnr >= summary["mean_psnr"] - ENGINE_PSNR_TOLERANCE_DB
-    return {"passed": passed, "graph_passed": summary["passed"], "failure": summary.get("failure", ""),
+    failure = summary.get("failure", "") or ("" if passed else _engine_failure(engine_psnr, summary["mean_psnr"]))
+    return {"passed": passed, "graph_passed": summary["passed"], "failure": failure,
             "min_parity_db": summary["min_parity_db"], "codes_differing": summary["codes_differing"],
             "codes": summary["codes"], "graph_psnr": summary["mean_psnr"], "torch_psnr": summary["mean_torch_psnr"],
             "engine_psnr": engine_psnr, "engine_vs_fp32_db": min(r["vs_fp32_db"] for r in rows),
             "engine_free_parity_db": min(r["free_parity_db"] for r in rows)}
+
+
+def _engine_failure(engine_psnr: float, graph_psnr: float) -> str:
+    return (f"the OpenVINO engine's PSNR {engine_psnr:.3f} is {graph_psnr - engine_psnr:.3f} dB below the graph's "
+            f"on ONNX Runtime, more than {ENGINE_PSNR_TOLERANCE_DB} dB")
 
 
 def _frame(name: str, float_graph, engines: dict, frame: tuple[int, int], tile: int, threads: int, bf16: bool,
