@@ -14,10 +14,12 @@ from harmoq_deploy.quant import QuantConfig, quantizers
 
 @pytest.fixture
 def dobi_pan(shared):
+    # asymmetric weight grids: the rate-scaling factors below are stated for their step counts (2^bits - 1)
     def build(bits=3):
         source = load_model(shared / "weights" / "PANx2_DF2K.pth")
         crops = sample_calibration_crops(shared / "data" / "calib" / "DIV2K_valid_crop256", 6, 24, 2, seed=0)
-        model = calibrate(source, QuantConfig(wbits=bits, abits=bits), make_method("dobi"), crops, batch_size=3).model
+        config = QuantConfig(wbits=bits, abits=bits, target="any")
+        model = calibrate(source, config, make_method("dobi"), crops, batch_size=3).model
         return source, model, crops
     return build
 
