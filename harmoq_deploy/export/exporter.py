@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import HarmoqError, first_line
 from ..io import write_atomic
+from ..models.infer import attention_window
 from ..quant import quantization_disabled
 from .points import MARKER_OP, point_grids, quant_point_markers
 from .qdq import insert_qdq
@@ -33,18 +34,6 @@ OPSET = 17
 IR_VERSION = 8
 INPUT, OUTPUT = "lr", "sr"
 METADATA_PREFIX = "harmoq."
-
-
-def attention_window(model: nn.Module) -> int:
-    """The largest attention window of ``model`` (1 for networks without window attention)."""
-    sizes = [1]
-    for module in model.modules():
-        window = getattr(module, "window_size", None)
-        if isinstance(window, int):
-            sizes.append(window)
-        elif isinstance(window, (tuple, list)) and all(isinstance(w, int) for w in window):
-            sizes.append(max(window))
-    return max(sizes)
 
 
 def check_tile(model: nn.Module, tile: int) -> int:

@@ -150,15 +150,20 @@ def _run(model: nn.Module, image: torch.Tensor) -> _Trace:
     return trace
 
 
-def _probe_side(model: nn.Module) -> int:
-    windows = [1]
+def attention_window(model: nn.Module) -> int:
+    """The largest attention window of ``model`` (1 for networks without window attention)."""
+    sizes = [1]
     for module in model.modules():
         window = getattr(module, "window_size", None)
         if isinstance(window, int):
-            windows.append(window)
+            sizes.append(window)
         elif isinstance(window, (tuple, list)) and all(isinstance(w, int) for w in window):
-            windows.append(max(window))
-    return max(_PROBE_SIDE, 2 * max(windows))
+            sizes.append(max(window))
+    return max(sizes)
+
+
+def _probe_side(model: nn.Module) -> int:
+    return max(_PROBE_SIDE, 2 * attention_window(model))
 
 
 def _repeated_blocks(model: nn.Module, trace: _Trace) -> list[str]:
